@@ -1,0 +1,53 @@
+"""`python -m carray {prep,train,infer,evaluate}`: one parser and one main per stage.
+
+The jobs/ scripts are thin wrappers over these, so `ray job submit -- python jobs/X.py` and
+`python -m carray X` behave the same. Every main returns the process exit code.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import config
+
+PREP_DESCRIPTION = (
+    "Turn clean images (or lossless+JPEG pairs) into Parquet patch pairs for training, on Ray Data. "
+    "Images are split train/val/test by a hash of their path; train and val become Parquet, test a "
+    "list of images. Bad files are skipped and listed in OUTPUT/_failures.jsonl."
+)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_prep_parser(prog=None):
+    return config.build_parser(config.PrepConfig, PREP_DESCRIPTION, prog)
+
+
+def prep_main(argv=None, prog=None) -> int:
+    from .prep import format_summary, run_prep
+    from .runtime import RayUnreachable
+    from .storage import StorageError
+
+    cfg = config.parse(config.PrepConfig, argv, PREP_DESCRIPTION, prog)
+    try:
+        summary = run_prep(cfg)
+    except (StorageError, RayUnreachable, ValueError) as exc:
+        return _fail(str(exc))
+    print(format_summary(summary))
+    if summary["patches"]["train"] + summary["patches"]["val"] == 0:
+        return _fail("no patches were produced; see _failures.jsonl for the reasons")
+    return 0
+
+
+STAGES = {"prep": prep_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        print(f"usage: python -m carray {{{','.join(STAGES)}}} [options]  (each stage has --help)", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    stage = argv.pop(0)
+    return STAGES[stage](argv, prog=f"carray {stage}")

@@ -1,0 +1,114 @@
+"""One frozen dataclass per job: the single source of truth for its options.
+
+Each field's metadata carries its command-line help, so `--help`, the defaults and the code can
+never disagree: :func:`build_parser` turns a config class into an argparse parser and
+:func:`parse` turns argv back into the config.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .images import DEFAULT_MAX_PIXELS
+from .storage import S3Options
+
+
+def option(default=dataclasses.MISSING, help: str = "", **argparse_kwargs):
+    """A config field with its command-line help (and extra argparse settings)."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(cls, description: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for f in dataclasses.fields(cls):
+        kwargs = dict(f.metadata.get("argparse", {}))
+        kwargs["help"] = f.metadata.get("help", "")
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        if f.type in ("bool", bool):
+            kwargs.setdefault("action", argparse.BooleanOptionalAction)
+        elif "type" not in kwargs and f.type in ("int", "float", "Optional[int]", "Optional[float]"):
+            kwargs["type"] = int if "int" in str(f.type) else float
+        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+    return parser
+
+
+def parse(cls, argv, description: str, prog: Optional[str] = None):
+    args = build_parser(cls, description, prog).parse_args(argv)
+    return cls(**vars(args))
+
+
+# --- options every job that touches storage or Ray shares ---
+
+_ENDPOINT_HELP = (
+    "S3-compatible endpoint for s3:// locations (e.g. http://127.0.0.1:8333); defaults to "
+    "AWS_ENDPOINT_URL. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the "
+    "instance role, and reach every Ray worker with the filesystem object."
+)
+_ADDRESS_HELP = (
+    "Ray cluster to use: host:port, 'local' for a private one; default RAY_ADDRESS, else the "
+    "cluster `ray start` recorded, else a private local one."
+)
+
+
+def parse_qualities(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """['10', '20', '30-90'] -> ((10, 20), ((30, 90),)): fixed qualities and ranges."""
+    fixed, ranges = [], []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            bounds = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+            if not (1 <= bounds[0] <= bounds[1] <= 100):
+                raise ValueError(f"JPEG quality {part!r} is not within 1..100 (or A-B with A <= B)")
+            (ranges.append(bounds) if sep else fixed.append(bounds[0]))
+    return tuple(fixed), tuple(ranges)
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'70/20/10' -> (0.7, 0.2, 0.1)."""
+    parts = [float(p) for p in text.replace(",", "/").split("/")]
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(f"--split wants three non-negative numbers like 70/20/10, got {text!r}")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    input: str = option(help="Folder or s3://bucket/prefix of clean images (or of pairs with --pairs).")
+    output: str = option(help="Folder or s3://bucket/prefix for train/ and val/ Parquet, test.txt and _prep.json.")
+    quality: tuple = option(
+        ("10",),
+        help="JPEG qualities to make: values (10 20 30 40) and/or ranges (10-90). Every image is "
+        "compressed at each value, and at --range-samples qualities drawn from each range.",
+        nargs="+",
+    )
+    range_samples: int = option(1, help="Qualities drawn per image from each --quality range (seeded by the image's path).")
+    pairs: bool = option(
+        False,
+        help="Inputs are pairs: name.bmp|png|tif beside name.jpg; the JPEGs are used as they are.",
+    )
+    color: bool = option(False, help="Keep RGB patches (3 channels); default is the gray Y channel (MATLAB BT.601).")
+    patch_size: int = option(32, help="Patch side in pixels (32 = an 8x8 JPEG block with its neighbours).")
+    stride: int = option(16, help="Step between patches in pixels.")
+    split: str = option("70/20/10", help="Train/val/test shares by image, decided by a hash of each image's relative path.")
+    seed: int = option(0, help="Seed of the split and of drawn qualities; same seed, same split.")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression bombs).")
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
+    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url)

@@ -1,0 +1,207 @@
+"""Decoding, encoding and colour conversion. No Ray here.
+
+Array contract: images are numpy ``uint8`` arrays, shape ``(h, w)`` for gray or ``(h, w, 3)``
+for RGB, unless a function says otherwise. Alpha is never restored: it is kept aside in
+:class:`DecodedImage` and put back when the output format can hold it.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Default decompression-bomb limit: 256 megapixels.
+DEFAULT_MAX_PIXELS = 256_000_000
+
+#: File extensions treated as images when listing folders and buckets.
+IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+
+# Output format name -> (Pillow format, file extension).
+OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+
+
+class ImageError(ValueError):
+    """An input that cannot be used; the message says why (the caller adds the path)."""
+
+
+@dataclass
+class DecodedImage:
+    """A decoded image ready for restoration.
+
+    pixels: uint8, (h, w) gray or (h, w, 3) RGB, EXIF orientation already applied.
+    alpha: uint8 (h, w) or None — the transparency the input had, kept aside untouched.
+    icc: the ICC profile bytes to carry to the output (dropped when colours were converted).
+    exif: EXIF bytes with the orientation reset, or None.
+    """
+
+    pixels: np.ndarray
+    alpha: Optional[np.ndarray] = None
+    icc: Optional[bytes] = None
+    exif: Optional[bytes] = None
+
+    @property
+    def is_color(self) -> bool:
+        return self.pixels.ndim == 3
+
+
+@contextmanager
+def _pixel_limit(max_pixels: Optional[int]):
+    """Let Pillow open images up to our own limit; we enforce the limit ourselves.
+
+    Pillow raises at 2x its global MAX_IMAGE_PIXELS (about 179 MP), which would override a user's
+    larger --max-pixels, and warns at 1x, which we turn into our own clear error instead.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(max_pixels, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer gray -> 8-bit by scaling the full range (65535 -> 255)."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+        scaled = np.clip(np.round(arr.astype(np.float64) / 257.0), 0, 255)
+    else:
+        scaled = np.clip(arr, 0, 255)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
+def _split_alpha(img: Image.Image) -> tuple[Image.Image, Optional[np.ndarray]]:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA" if img.mode != "LA" else "LA")
+        alpha = np.asarray(rgba.getchannel("A")).copy()
+        base = rgba.convert("L" if img.mode == "LA" else "RGB")
+        return base, alpha
+    return img, None
+
+
+def _normalize_mode(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Bring any Pillow mode to 'L' or 'RGB'. Returns (image, colours_were_converted)."""
+    if img.mode in ("L", "RGB"):
+        return img, False
+    if img.mode == "1":
+        return img.convert("L"), False
+    if img.mode.startswith("I") or img.mode == "F":
+        if img.mode == "F":
+            raise ImageError("floating-point images are not supported")
+        return _to_8bit(img), False
+    if img.mode == "P":
+        return img.convert("RGB"), False
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        # A CMYK profile no longer describes the RGB pixels, so the ICC is dropped.
+        return img.convert("RGB"), True
+    if img.mode.startswith("RGB"):  # RGBX, RGBa
+        return img.convert("RGB"), False
+    raise ImageError(f"unsupported image mode {img.mode!r}")
+
+
+def _exif_without_orientation(img: Image.Image) -> Optional[bytes]:
+    exif = img.getexif()
+    if not exif:
+        return None
+    exif.pop(0x0112, None)  # Orientation: already applied to the pixels.
+    return exif.tobytes()
+
+
+def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode PNG, BMP, TIFF, JPEG or WebP bytes into a :class:`DecodedImage`.
+
+    Raises ImageError with the reason for empty, truncated, non-image or oversized input.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    with _pixel_limit(max_pixels):
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.UnidentifiedImageError:
+            raise ImageError("not an image Pillow can identify") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"decompression bomb: {exc}") from None
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageError(
+                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                "(raise --max-pixels to allow it)"
+            )
+        if width < 1 or height < 1:
+            raise ImageError(f"invalid size {width}x{height}")
+        try:
+            img.load()
+            icc = img.info.get("icc_profile")
+            img = ImageOps.exif_transpose(img)
+        except ImageError:
+            raise
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on bad data
+            raise ImageError(f"cannot decode: {exc}") from None
+    exif = _exif_without_orientation(img)
+    img, alpha = _split_alpha(img)
+    img, converted = _normalize_mode(img)
+    return DecodedImage(
+        pixels=np.asarray(img).copy(), alpha=alpha, icc=None if converted else icc, exif=exif
+    )
+
+
+def encode_image(
+    image: DecodedImage, fmt: str = "png", quality: int = 95
+) -> bytes:
+    """Encode to 'png', 'jpeg' or 'webp'. Alpha goes back in where the format holds it (not JPEG)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {sorted(OUTPUT_FORMATS)}")
+    pil_format, _ = OUTPUT_FORMATS[fmt]
+    img = Image.fromarray(image.pixels, "RGB" if image.is_color else "L")
+    if image.alpha is not None and fmt != "jpeg":
+        img.putalpha(Image.fromarray(image.alpha, "L"))
+    options = {}
+    if image.icc:
+        options["icc_profile"] = image.icc
+    if image.exif:
+        options["exif"] = image.exif
+    if fmt in ("jpeg", "webp"):
+        options["quality"] = quality
+    buf = io.BytesIO()
+    img.save(buf, format=pil_format, **options)
+    return buf.getvalue()
+
+
+# --- colour: YCbCr in the MATLAB (BT.601, studio range) convention used by published results ---
+
+_RGB_TO_YCBCR = np.array(
+    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]
+) / 255.0
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """RGB (h, w, 3) on 0..255 -> float64 YCbCr (h, w, 3), MATLAB's rgb2ycbcr (Y in 16..235)."""
+    return rgb.astype(np.float64) @ _RGB_TO_YCBCR.T + _YCBCR_OFFSET
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr`: float64 RGB (h, w, 3) on 0..255, not rounded or clipped."""
+    return (ycbcr.astype(np.float64) - _YCBCR_OFFSET) @ np.linalg.inv(_RGB_TO_YCBCR).T
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """The Y channel as uint8 (h, w), rounded, as the published gray test sets were made."""
+    y = rgb.astype(np.float64) @ _RGB_TO_YCBCR[0] + 16.0
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)
+
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """Gray images pass through; RGB becomes its MATLAB Y channel."""
+    return pixels if pixels.ndim == 2 else rgb_to_y(pixels)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Float on 0..255 -> uint8, rounded and clipped."""
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)

@@ -1,0 +1,169 @@
+"""Training pairs from images: split, qualities, (compressed, original) patches. No Ray here.
+
+Column vocabulary, used by prep, train and the tests alike (see :data:`COLUMNS`):
+``compressed`` and ``original`` are uint8 patches shaped (channels, p, p) — channels first, ready
+for the network — stored in Parquet as fixed-size binary values of channels*p*p bytes (one value
+per patch writes and reads several times faster than a list of bytes); the width alone tells the
+shape, since c*p*p is a perfect square for gray and three times one for colour. ``quality`` is the JPEG quality (-1 when unknown, as with --pairs); ``image`` is
+the path relative to the input root; ``y`` and ``x`` the patch's top-left corner.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import jpeg
+from .images import ImageError, decode_image, to_gray
+from .patches import extract_patches
+
+COMPRESSED, ORIGINAL, QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "image", "y", "x"
+COLUMNS = (COMPRESSED, ORIGINAL, QUALITY, IMAGE, Y, X)
+UNKNOWN_QUALITY = -1
+SPLITS = ("train", "val", "test")
+
+
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) from text (sha1, not Python's salted hash())."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def assign_split(relative_path: str, shares: Sequence[float], seed: int = 0) -> str:
+    """'train', 'val' or 'test' for an image, decided by its relative path alone, so an image keeps
+    its split when others are added and when the job runs again."""
+    u = _unit_hash(f"{seed}:{relative_path}")
+    edge = 0.0
+    for name, share in zip(SPLITS, shares):
+        edge += share
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def qualities_for(
+    relative_path: str,
+    fixed: Sequence[int],
+    ranges: Sequence[tuple[int, int]],
+    samples: int = 1,
+    seed: int = 0,
+) -> list[int]:
+    """The JPEG qualities one image is compressed at: every fixed value, plus `samples` values drawn
+    from each range by a generator seeded with the image's path (the same on every re-run)."""
+    rng = random.Random(f"{seed}:{relative_path}")
+    drawn = [rng.randint(lo, hi) for lo, hi in ranges for _ in range(samples)]
+    return sorted(set(fixed) | set(drawn))
+
+
+def prepare_pixels(pixels: np.ndarray, color: bool) -> np.ndarray:
+    """Gray mode: the MATLAB Y channel (h, w). Colour mode: RGB (h, w, 3), gray images repeated."""
+    if color:
+        return pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    return to_gray(pixels)
+
+
+def _channels_first(patches: np.ndarray) -> np.ndarray:
+    return patches[:, None] if patches.ndim == 3 else patches.transpose(0, 3, 1, 2)
+
+
+def patch_pairs(
+    original: np.ndarray,
+    compressed: dict[int, np.ndarray],
+    image: str,
+    size: int,
+    stride: int,
+) -> dict[str, np.ndarray]:
+    """Patches cut at the same places from the original and from each compressed version.
+
+    original: uint8 (h, w) or (h, w, c); compressed: quality -> array of the same shape.
+    Returns the columns of :data:`COLUMNS`, one row per (quality, patch).
+    Raises ImageError when the image is smaller than one patch.
+    """
+    if original.shape[0] < size or original.shape[1] < size:
+        raise ImageError(f"{original.shape[1]}x{original.shape[0]} is smaller than one {size}x{size} patch")
+    clean, origins = extract_patches(original, size, stride)
+    clean = _channels_first(clean)
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    for quality, degraded in compressed.items():
+        if degraded.shape != original.shape:
+            raise ImageError(f"sizes differ: original {original.shape[:2]} vs compressed {degraded.shape[:2]}")
+        columns[COMPRESSED].append(_channels_first(extract_patches(degraded, size, stride)[0]))
+        columns[ORIGINAL].append(clean)
+        columns[QUALITY].append(np.full(len(origins), quality, np.int16))
+        columns[Y].append(origins[:, 0])
+        columns[X].append(origins[:, 1])
+        columns[IMAGE].append(np.full(len(origins), image, dtype=object))
+    return {c: np.concatenate(v) for c, v in columns.items()}
+
+
+def pairs_from_clean(
+    data: bytes,
+    image: str,
+    qualities: Sequence[int],
+    color: bool,
+    size: int,
+    stride: int,
+    max_pixels: Optional[int] = None,
+) -> dict[str, np.ndarray]:
+    """A clean image's bytes -> patch pairs at each JPEG quality (compressed here, in memory)."""
+    original = prepare_pixels(decode_image(data, max_pixels).pixels, color)
+    return patch_pairs(original, {q: jpeg.roundtrip(original, q) for q in qualities}, image, size, stride)
+
+
+def pairs_from_files(
+    original_data: bytes,
+    jpeg_data: bytes,
+    image: str,
+    color: bool,
+    size: int,
+    stride: int,
+    max_pixels: Optional[int] = None,
+) -> dict[str, np.ndarray]:
+    """An explicit (lossless, JPEG) pair's bytes -> patch pairs, the JPEG used as it is."""
+    original = prepare_pixels(decode_image(original_data, max_pixels).pixels, color)
+    try:
+        degraded = prepare_pixels(decode_image(jpeg_data, max_pixels).pixels, color)
+    except ImageError as exc:
+        raise ImageError(f"its JPEG: {exc}") from None
+    return patch_pairs(original, {UNKNOWN_QUALITY: degraded}, image, size, stride)
+
+
+def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:
+    """Columns from :func:`patch_pairs` -> an Arrow table with patches as fixed-size binary."""
+
+    def patches(a: np.ndarray) -> pa.Array:
+        width = int(np.prod(a.shape[1:]))
+        data = pa.py_buffer(np.ascontiguousarray(a, dtype=np.uint8))  # zero-copy
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(a), [None, data])
+
+    return pa.table(
+        {
+            COMPRESSED: patches(rows[COMPRESSED]),
+            ORIGINAL: patches(rows[ORIGINAL]),
+            QUALITY: pa.array(rows[QUALITY], pa.int16()),
+            IMAGE: pa.array(rows[IMAGE].tolist(), pa.string()),
+            Y: pa.array(rows[Y], pa.int32()),
+            X: pa.array(rows[X], pa.int32()),
+        }
+    )
+
+
+def patch_shape(width: int) -> tuple[int, int, int]:
+    """Bytes per patch -> (channels, p, p). Raises ValueError for a width no patch has."""
+    for channels in (1, 3):
+        side = int(round((width / channels) ** 0.5))
+        if side * side * channels == width and side > 0:
+            return channels, side, side
+    raise ValueError(f"{width} bytes is not a square gray or colour patch")
+
+
+def patches_from_arrow(column) -> np.ndarray:
+    """A fixed-size binary column (Array or ChunkedArray) -> uint8 (n, channels, p, p), no copy
+    when the column is one chunk."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = array.type.byte_width
+    data = np.frombuffer(array.buffers()[1], np.uint8)
+    data = data[array.offset * width : (array.offset + len(array)) * width]
+    return data.reshape((len(array),) + patch_shape(width))

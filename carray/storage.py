@@ -1,0 +1,148 @@
+"""Storage: a local folder or any pyarrow filesystem URI (``s3://bucket/prefix``). No Ray here.
+
+Filesystems are built once on the driver and handed to Ray as objects: a pyarrow
+``S3FileSystem`` pickles with its endpoint and credentials, so every worker reaches the same
+bucket, not only the driver (environment variables set in the driver do not reach workers on a
+``ray start`` cluster).
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A location that does not exist or cannot be reached; the message names it."""
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3. Unset fields fall back to the standard AWS environment variables
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) and then to
+    pyarrow's own credential chain (instance role, ~/.aws)."""
+
+    endpoint_url: Optional[str] = None
+    access_key: Optional[str] = None
+    secret_key: Optional[str] = None
+    region: Optional[str] = None
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        access = self.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = self.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        kwargs = {"allow_bucket_creation": True, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host if host else endpoint, scheme=scheme if host else "https")
+        if access and secret:
+            kwargs.update(access_key=access, secret_key=secret)
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs)
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def resolve(location: str, s3: Optional[S3Options] = None) -> tuple[pafs.FileSystem, str]:
+    """'s3://bucket/prefix' or a local path -> (filesystem, path inside it, without a trailing /)."""
+    if location.startswith("s3://"):
+        return (s3 or S3Options()).filesystem(), location[len("s3://") :].rstrip("/")
+    if is_uri(location) and not location.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(location)
+        return fs, path.rstrip("/")
+    path = location[len("file://") :] if location.startswith("file://") else location
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def join(*parts: str) -> str:
+    """Join path parts; pyarrow paths use '/' on every filesystem."""
+    return posixpath.join(*parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str]) -> list[str]:
+    """Paths of the files under `root` (recursively) whose extension is in `extensions`,
+    relative to `root`, sorted. Names starting with '.' or '_' (ours and hidden ones) are skipped.
+
+    Raises StorageError when `root` does not exist.
+    """
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{root}: does not exist")
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"{root}: is a file; give the folder or prefix that holds the images")
+    wanted = tuple(e.lower() for e in extensions)
+    found = []
+    for item in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if item.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(item.path.replace(os.sep, "/"), root.replace(os.sep, "/"))
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        if rel.lower().endswith(wanted):
+            found.append(rel)
+    return sorted(found)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+@contextmanager
+def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator:
+    """A writable stream for `path` that no reader ever sees half-written.
+
+    Local: a hidden temporary beside the target, renamed over it on success (atomic on POSIX) and
+    removed on failure. Object stores: one upload, which becomes visible only once complete.
+    """
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as stream:
+            yield stream
+        return
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as stream:
+            yield stream
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write `data` through :func:`atomic_output`."""
+    with atomic_output(fs, path) as stream:
+        stream.write(data)
+
+
+def write_json(fs: pafs.FileSystem, path: str, obj) -> None:
+    write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_jsonl(fs: pafs.FileSystem, path: str, rows: Iterable[dict]) -> None:
+    write_bytes_atomic(fs, path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def make_dirs(fs: pafs.FileSystem, path: str) -> None:
+    fs.create_dir(path, recursive=True)
+
+
+def delete_dir_if_exists(fs: pafs.FileSystem, path: str) -> None:
+    if exists(fs, path):
+        fs.delete_dir(path)

@@ -1,0 +1,84 @@
+"""Shared fixtures: one real local Ray per session, one real S3 server (SeaweedFS) per session.
+
+Tests run with their own HOME and Ray temp dir, so the auth token and the `ray_current_cluster`
+record that `ray.init()` writes never leak into a developer's later `ray start`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from support.s3 import SeaweedS3
+
+DATA = Path(__file__).parent / "data"
+
+# Before Ray is imported anywhere: a private HOME for the token file Ray writes.
+_SESSION_HOME = tempfile.mkdtemp(prefix="carray-home-")
+os.environ["HOME"] = _SESSION_HOME
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with 2 CPUs, started once, private temp dir (short path: socket limits)."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="cr-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on 127.0.0.1 with an access key and secret; see support/s3.py."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh, empty bucket for one test: (S3Options, bucket name)."""
+    name = "t" + format(abs(hash(request.node.nodeid)) % 10**10, "010d")
+    s3_server.filesystem().create_dir(name)
+    return s3_server.options(), name
+
+
+def png_bytes(array: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=save.pop("format", "PNG"), **save)
+    return buf.getvalue()
+
+
+def smooth_image(h: int, w: int, color: bool = False, seed: int = 0) -> np.ndarray:
+    """A natural-ish test image: smooth gradients plus texture, so JPEG has artifacts to add."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 60 * np.sin(x / 9.0 + seed) * np.cos(y / 13.0) + rng.normal(0, 12, (h, w))
+    if color:
+        base = np.stack([base, np.roll(base, 7, axis=1), 255 - base], axis=2)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A few clean gray images (two nested) and a colour one, each 96x80."""
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    for i in range(4):
+        (root / f"img{i}.png").write_bytes(png_bytes(smooth_image(80, 96, seed=i)))
+    (root / "sub" / "nested.png").write_bytes(png_bytes(smooth_image(80, 96, seed=9)))
+    (root / "sub" / "colour.png").write_bytes(png_bytes(smooth_image(80, 96, color=True, seed=5)))
+    return root

@@ -1,0 +1,1 @@
+"""Test support: real servers and fault helpers shared by the tests."""

@@ -1,0 +1,125 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carray import images, jpeg
+from carray.images import ImageError, decode_image, encode_image
+from conftest import png_bytes, smooth_image
+
+
+def save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
+def test_lossless_formats_decode_exactly(fmt):
+    rgb = smooth_image(20, 30, color=True)
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    out = decode_image(save(Image.fromarray(rgb), fmt, **kw))
+    assert out.pixels.shape == (20, 30, 3) and out.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(out.pixels, rgb)
+
+
+def test_gray_and_jpeg():
+    gray = smooth_image(16, 24)
+    assert decode_image(png_bytes(gray)).pixels.shape == (16, 24)
+    decoded = decode_image(jpeg.compress(gray, 50)).pixels
+    assert decoded.shape == (16, 24) and np.abs(decoded.astype(int) - gray).mean() < 10
+
+
+def test_alpha_is_kept_aside_and_restored():
+    rgba = np.dstack([smooth_image(10, 12, color=True), np.arange(120, dtype=np.uint8).reshape(10, 12)])
+    out = decode_image(png_bytes(rgba))
+    assert out.pixels.shape == (10, 12, 3)
+    np.testing.assert_array_equal(out.alpha, rgba[..., 3])
+    back = np.asarray(Image.open(io.BytesIO(encode_image(out, "png"))))
+    np.testing.assert_array_equal(back, rgba)
+    out_la = decode_image(save(Image.fromarray(rgba[..., :2].copy(), mode="LA"), "PNG"))
+    assert out_la.pixels.shape == (10, 12) and out_la.alpha is not None
+
+
+def test_palette_cmyk_and_16_bit():
+    rgb = smooth_image(8, 8, color=True)
+    assert decode_image(save(Image.fromarray(rgb).convert("P"), "PNG")).pixels.shape == (8, 8, 3)
+    cmyk = decode_image(save(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.pixels.shape == (8, 8, 3) and cmyk.icc is None
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    out = decode_image(save(Image.fromarray(wide), "PNG")).pixels
+    assert out.dtype == np.uint8 and out.shape == (8, 8)
+    assert out[7, 7] == round(63000 / 257) and out[0, 0] == 0
+
+
+def test_exif_orientation_is_applied_and_reset():
+    arr = smooth_image(10, 20)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    out = decode_image(save(img, "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.pixels.shape == (20, 10)
+    reread = Image.open(io.BytesIO(encode_image(out, "jpeg"))).getexif()
+    assert reread.get(0x0112) in (None, 1)
+
+
+def test_icc_profile_is_carried():
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    out = decode_image(save(Image.fromarray(smooth_image(8, 8, color=True)), "PNG", icc_profile=profile))
+    assert out.icc == profile
+    assert Image.open(io.BytesIO(encode_image(out, "webp"))).info.get("icc_profile") == profile
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"hello, I am text named .jpg", "not an image"),
+        (np.random.default_rng(0).bytes(5000), "not an image"),
+    ],
+)
+def test_bad_bytes_raise_with_reason(data, reason):
+    with pytest.raises(ImageError, match=reason):
+        decode_image(data)
+
+
+def test_truncated_jpeg_raises():
+    data = jpeg.compress(smooth_image(64, 64), 80)
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_pixel_limit():
+    data = png_bytes(smooth_image(100, 100))
+    with pytest.raises(ImageError, match="exceeds the limit of 9999"):
+        decode_image(data, max_pixels=9999)
+    assert decode_image(data, max_pixels=10000).pixels.shape == (100, 100)
+
+
+def test_pixel_limit_can_be_raised_beyond_pillows_own():
+    # Pillow alone refuses about 179 MP; our limit decides. A 1-bit PNG keeps this cheap.
+    big = Image.new("1", (14000, 14000))
+    data = save(big, "PNG")
+    assert decode_image(data).pixels.shape == (14000, 14000)  # 196 MP, under our default 256 MP
+    with pytest.raises(ImageError, match="exceeds"):
+        decode_image(data, max_pixels=150_000_000)
+
+
+def test_ycbcr_matlab_convention_and_back():
+    rgb = smooth_image(12, 12, color=True)
+    ycc = images.rgb_to_ycbcr(rgb)
+    assert ycc[..., 0].min() >= 16 - 1e-9 and ycc[..., 0].max() <= 235 + 1e-9
+    np.testing.assert_allclose(images.ycbcr_to_rgb(ycc), rgb, atol=1e-9)
+    white, black = np.full((1, 1, 3), 255, np.uint8), np.zeros((1, 1, 3), np.uint8)
+    assert images.rgb_to_y(white)[0, 0] == 235 and images.rgb_to_y(black)[0, 0] == 16
+    np.testing.assert_array_equal(images.rgb_to_y(rgb), np.round(ycc[..., 0]).astype(np.uint8))
+
+
+def test_jpeg_roundtrip_keeps_shape_and_rejects_bad_quality():
+    for arr in (smooth_image(17, 23), smooth_image(17, 23, color=True)):
+        assert jpeg.roundtrip(arr, 10).shape == arr.shape
+    with pytest.raises(ValueError):
+        jpeg.compress(smooth_image(8, 8), 0)
