@@ -41,7 +41,39 @@ def prep_main(argv=None, prog=None) -> int:
     return 0
 
 
-STAGES = {"prep": prep_main}
+TRAIN_DESCRIPTION = (
+    "Train the artifact-reduction CNN data-parallel with Ray Train on the prep job's Parquet: GPU "
+    "workers when the cluster has GPUs, CPU workers otherwise. Checkpoints go to OUTPUT/NAME/; "
+    "re-running with the same --output and --name resumes. Writes OUTPUT/model.pt (the best "
+    "checkpoint by validation PSNR gain), metrics.csv and loss.png."
+)
+
+
+def build_train_parser(prog=None):
+    return config.build_parser(config.TrainConfig, TRAIN_DESCRIPTION, prog)
+
+
+def train_main(argv=None, prog=None) -> int:
+    from .runtime import RayUnreachable
+    from .storage import StorageError
+    from .train import DataError, TrainingDiverged, run_train
+
+    cfg = config.parse(config.TrainConfig, argv, TRAIN_DESCRIPTION, prog)
+    try:
+        summary = run_train(cfg)
+    except (DataError, StorageError, RayUnreachable, TrainingDiverged) as exc:
+        return _fail(str(exc))
+    last = summary["last"]
+    print(
+        f"train: {summary['steps']} steps (resumed from step {summary['resumed_from']}) in {summary['seconds']:.0f} s | last train loss {last.get('train_loss', float('nan')):.3g}, "
+        f"{last.get('samples_per_s', 0):.0f} samples/s | exported step {summary['exported_step']} "
+        f"(val PSNR gain {summary['val_psnr_gain'] if summary['val_psnr_gain'] is None else round(summary['val_psnr_gain'], 3)} dB)\n"
+        f"model: {summary['model']}  metrics: {summary['output']}/metrics.csv  figure: {summary['output']}/loss.png"
+    )
+    return 0
+
+
+STAGES = {"prep": prep_main, "train": train_main}
 
 
 def main(argv=None) -> int:

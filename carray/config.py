@@ -112,3 +112,40 @@ class PrepConfig:
 
     def s3(self) -> S3Options:
         return S3Options(endpoint_url=self.endpoint_url)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = option(help="The prep output (folder or s3://...) holding train/ and val/ Parquet.")
+    output: str = option(help="Run folder (or s3://...): model.pt, metrics.csv, loss.png, and NAME/ with Ray Train's checkpoints.")
+    name: str = option("train", help="Run name. Re-running with the same --output and --name resumes from the last checkpoint.")
+    arch: str = option("arcnn", help="Network: 'arcnn' (106 k multiply-adds/pixel) or 'fast-arcnn' (16 k, faster, a little worse).", choices=("arcnn", "fast-arcnn"))
+    residual: bool = option(True, help="Predict the artifact and add it to the input (the original predicted the image).")
+    padding_mode: str = option("replicate", help="Border padding of the convolutions; 'zeros' as the original (darkens borders).", choices=("replicate", "reflect", "zeros"))
+    relu_output: bool = option(False, help="ARCNN only: a ReLU on the output layer, as the original had.")
+    workers: int = option(1, help="Data-parallel training workers (DDP: NCCL on GPUs, gloo on CPUs).")
+    gpu: Optional[bool] = option(None, help="Train on GPUs; default: when the cluster has any.", action=argparse.BooleanOptionalAction)
+    threads: int = option(0, help="Torch threads per CPU worker; 0 = the cluster's CPUs divided among the workers.")
+    steps: int = option(2000, help="Optimizer steps in all (a resumed run continues up to this).")
+    batch_size: int = option(64, help="Patches per step per worker (the original used 1000 on a GPU).")
+    lr: float = option(1e-3, help="Adam learning rate (the original's 1e-3).")
+    lr_schedule: str = option("constant", help="'constant', 'cosine' (to 1%% of --lr at --steps) or 'step' (x0.1 at 60%% and 85%%).", choices=("constant", "cosine", "step"))
+    augment: bool = option(True, help="Random flips and 90-degree rotations of each batch.")
+    val_every: int = option(10, help="Validate every N steps (the original: every 10 batches).")
+    val_patches: int = option(4096, help="Validation patches, read once and kept in memory by rank 0.")
+    checkpoint_every: int = option(100, help="Save a checkpoint (model, optimizer, step, history) every N steps.")
+    keep_checkpoints: int = option(3, help="Checkpoints kept: the best ones by validation PSNR gain.")
+    max_failures: int = option(2, help="Worker failures to recover from (restart from the last checkpoint) before giving up.")
+    patch_size: Optional[int] = option(None, help="Expected patch size; the data is checked against it before any worker starts.")
+    seed: int = option(0, help="Seed for weights initialisation.")
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
+    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url)
+
+    def model_args(self, channels: int) -> dict:
+        args = dict(channels=channels, residual=self.residual, padding_mode=self.padding_mode)
+        if self.arch == "arcnn":
+            args["relu_output"] = self.relu_output
+        return args

@@ -39,6 +39,11 @@ def _answers(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _start_local(num_cpus: Optional[int]) -> None:
+    # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
+
+
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS, or the one `ray start` recorded), or start a
     private local one when there is none. `address="local"` always starts a private one."""
@@ -46,12 +51,12 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         return
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target == "local":
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        _start_local(num_cpus)
         return
     if target is None or target == "auto":
         recorded = _recorded_local_cluster()
         if recorded is None:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            _start_local(num_cpus)
             return
         if not _answers(recorded):
             raise RayUnreachable(

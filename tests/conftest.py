@@ -32,7 +32,8 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="cr-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="WARNING")
+    # With the dashboard (127.0.0.1): Ray Train's controller polls the state API it serves.
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", _temp_dir=temp_dir, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

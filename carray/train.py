@@ -1,0 +1,379 @@
+"""train: data-parallel training of the CNN with Ray Train (GPU workers when present, else CPU).
+
+The driver checks the data, builds a TorchTrainer and, at the end, exports the model file, the
+metrics and the loss figure. The workers run :func:`train_loop_per_worker`: the train Parquet is
+streamed to each worker's shard (never loaded whole), validation runs on rank 0 every
+``val_every`` steps, checkpoints go to ``RunConfig(storage_path)`` every ``checkpoint_every``
+steps, and a re-run with the same output and name resumes from the latest one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+import torch.nn.functional as F
+
+from . import storage
+from .config import TrainConfig
+from .model import build_model, load_model_bytes, model_bytes
+from .pairs import COMPRESSED, ORIGINAL, patch_shape, patches_from_arrow
+
+STATE_FILE = "state.pt"
+METRIC_FIELDS = ("step", "train_loss", "train_psnr", "val_loss", "val_psnr", "val_psnr_gain", "lr", "samples_per_s")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; raised before any worker starts."""
+
+
+# --- pure torch helpers (no Ray) ---
+
+
+def to_tensor(column) -> torch.Tensor:
+    """A fixed-size binary patch column -> float32 (n, c, p, p) on [0, 1]."""
+    return torch.from_numpy(patches_from_arrow(column).astype(np.float32) / 255.0)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random flip and 90-degree rotation of inputs and targets (one of 8 per batch)."""
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    flip = bool(torch.randint(0, 2, (1,), generator=generator))
+    if flip:
+        x, y = x.flip(-1), y.flip(-1)
+    return torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+
+
+def psnr_per_patch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each patch (n,), on [0, 1]; a perfect patch counts as 100 dB."""
+    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def learning_rate(cfg_lr: float, schedule: str, step: int, steps: int) -> float:
+    if schedule == "cosine":
+        floor = 0.01 * cfg_lr
+        return floor + 0.5 * (cfg_lr - floor) * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+    if schedule == "step":
+        return cfg_lr * (0.1 ** sum(step >= f * steps for f in (0.6, 0.85)))
+    return cfg_lr
+
+
+# --- the worker ---
+
+
+def _validate(model, batches, device) -> dict:
+    model.eval()
+    losses, psnrs, base = [], [], []
+    with torch.no_grad():
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            losses.append(F.mse_loss(out, y, reduction="none").flatten(1).mean(1).cpu())
+            psnrs.append(psnr_per_patch(out, y).cpu())
+            base.append(psnr_per_patch(x, y).cpu())
+    model.train()
+    loss, psnr, before = (torch.cat(v).mean().item() for v in (losses, psnrs, base))
+    return {"val_loss": loss, "val_psnr": psnr, "val_psnr_gain": psnr - before}
+
+
+def _val_batches(shard, limit: int, batch_size: int) -> list:
+    batches, seen = [], 0
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        batches.append((to_tensor(batch[COMPRESSED]), to_tensor(batch[ORIGINAL])))
+        seen += batch.num_rows
+        if seen >= limit:
+            break
+    return batches
+
+
+def _save_checkpoint(state: dict):
+    from ray.train import Checkpoint
+
+    folder = tempfile.mkdtemp(prefix="carray-ckpt-")
+    torch.save(state, os.path.join(folder, STATE_FILE))
+    return Checkpoint.from_directory(folder)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train worker: one DDP replica. `config` = {"cfg": TrainConfig fields, "channels": c,
+    "threads": n}. Returns {"step", "resumed_from", "diverged"}; rank 0's reaches the driver."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    cfg = TrainConfig(**config["cfg"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config["threads"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, **cfg.model_args(config["channels"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+        if rank == 0:
+            print(f"carray: resuming from the checkpoint at step {step}")
+    resumed_from = step
+    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
+    plain = model.module if hasattr(model, "module") else model
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_batches = _val_batches(ray.train.get_dataset_shard("val"), cfg.val_patches, 256) if rank == 0 else []
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
+    window = {"loss": [], "psnr": [], "samples": 0, "start": time.perf_counter(), "reported": False}
+
+    def state_dict() -> dict:
+        return {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)}
+
+    def report(checkpoint_due: bool, extra: Optional[dict] = None) -> None:
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        row = {
+            "step": step,
+            "train_loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
+            "train_psnr": float(np.mean(window["psnr"])) if window["psnr"] else float("nan"),
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": window["samples"] * world / elapsed,
+            "resumed_from": resumed_from,
+        }
+        if rank == 0 and val_batches and (step % cfg.val_every == 0 or checkpoint_due):
+            row.update(_validate(plain, val_batches, device))
+        row.update(extra or {})
+        if rank == 0:
+            history.append({k: row.get(k, float("nan")) for k in METRIC_FIELDS})
+        ckpt = _save_checkpoint(state_dict()) if (checkpoint_due and rank == 0) else None
+        ray.train.report(row, checkpoint=ckpt)  # every rank: it is a barrier
+        window.update(loss=[], psnr=[], samples=0, start=time.perf_counter(), reported=True)
+
+    diverged = False
+    while step < cfg.steps and not diverged:
+        for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", drop_last=True, local_shuffle_buffer_size=cfg.batch_size * 16):
+            x, y = to_tensor(batch[COMPRESSED]), to_tensor(batch[ORIGINAL])
+            if cfg.augment:
+                x, y = augment(x, y, generator)
+            x, y = x.to(device), y.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+            out = model(x)
+            loss = F.mse_loss(out, y)
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+            if world > 1:  # every rank must stop together, or the others hang in the next all-reduce
+                dist.all_reduce(bad)
+            if bad.item():
+                diverged = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            window["loss"].append(loss.item())
+            window["psnr"].append(psnr_per_patch(out.detach(), y).mean().item())
+            window["samples"] += len(x)
+            checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            if checkpoint_due or step % cfg.val_every == 0:
+                report(checkpoint_due)
+            if step >= cfg.steps:
+                break
+    if diverged:
+        # No checkpoint: the last good one stays the latest. The driver turns this into an error.
+        report(False, {"diverged": 1.0})
+    elif not window["reported"]:  # resumed at or past --steps: hand back the final state anyway
+        report(True)
+    return {"step": step, "resumed_from": resumed_from, "diverged": diverged}
+
+
+# --- the driver ---
+
+
+def inspect_data(cfg: TrainConfig, fs, root: str) -> dict:
+    """Check train/ and val/ before any worker starts. Returns {"channels", "patch_size", rows...}."""
+    found = {}
+    for split in ("train", "val"):
+        path = storage.join(root, split)
+        if not storage.exists(fs, path):
+            raise DataError(f"{cfg.data}: no {split}/ dataset (run the prep job first: python jobs/prep.py --input IMAGES --output {cfg.data})")
+        try:
+            dataset = pads.dataset(path, filesystem=fs, format="parquet")
+            rows = dataset.count_rows()
+        except Exception as exc:
+            raise DataError(f"{cfg.data}/{split}: not a readable Parquet dataset ({exc})") from None
+        if rows == 0:
+            raise DataError(f"{cfg.data}/{split}: the dataset is empty")
+        schema = dataset.schema
+        for column in (COMPRESSED, ORIGINAL):
+            if column not in schema.names:
+                raise DataError(f"{cfg.data}/{split}: Parquet without the '{column}' column (found {schema.names}); was it written by prep?")
+            kind = schema.field(column).type
+            if not pa.types.is_fixed_size_binary(kind):
+                raise DataError(f"{cfg.data}/{split}: column '{column}' is {kind}, expected fixed-size binary patches")
+        try:
+            channels, side, _ = patch_shape(schema.field(COMPRESSED).type.byte_width)
+        except ValueError as exc:
+            raise DataError(f"{cfg.data}/{split}: {exc}") from None
+        if schema.field(ORIGINAL).type != schema.field(COMPRESSED).type:
+            raise DataError(f"{cfg.data}/{split}: 'original' and 'compressed' patches differ in size")
+        found[split] = {"rows": rows, "channels": channels, "patch_size": side}
+    train, val = found["train"], found["val"]
+    if (train["channels"], train["patch_size"]) != (val["channels"], val["patch_size"]):
+        raise DataError(f"{cfg.data}: train patches are {train['patch_size']}px x{train['channels']}, val {val['patch_size']}px x{val['channels']}")
+    if cfg.patch_size is not None and train["patch_size"] != cfg.patch_size:
+        raise DataError(f"{cfg.data}: patches are {train['patch_size']}x{train['patch_size']}, but --patch-size {cfg.patch_size} was asked for")
+    if train["patch_size"] < 8:
+        raise DataError(f"{cfg.data}: {train['patch_size']}x{train['patch_size']} patches are too small to train on (8 at least)")
+    if train["rows"] < cfg.batch_size * cfg.workers:
+        raise DataError(f"{cfg.data}: {train['rows']} train patches are fewer than one batch per worker ({cfg.batch_size} x {cfg.workers})")
+    return {"channels": train["channels"], "patch_size": train["patch_size"], "train_rows": train["rows"], "val_rows": val["rows"]}
+
+
+def _cluster_resources() -> tuple[float, float]:
+    import ray
+
+    total = ray.cluster_resources()
+    return float(total.get("CPU", 1)), float(total.get("GPU", 0))
+
+
+def plan_workers(cfg: TrainConfig, cpus: float, gpus: float) -> tuple[bool, dict, int]:
+    """(use_gpu, resources per worker, torch threads per CPU worker).
+
+    CPU workers leave one CPU free for Ray Data's read tasks: a 2-CPU cluster with two 1-CPU
+    workers starves them and hangs (see DESIGN.md), with 0.5 CPU each it runs.
+    """
+    use_gpu = gpus > 0 if cfg.gpu is None else cfg.gpu
+    if use_gpu and gpus < cfg.workers:
+        raise DataError(f"--gpu with {cfg.workers} workers, but the cluster has {gpus:g} GPUs")
+    per_worker = max(0.1, min(1.0, (cpus - 1) / cfg.workers)) if cpus > 1 else 0.5
+    threads = cfg.threads or max(1, int(cpus // cfg.workers))
+    return use_gpu, {"CPU": round(per_worker, 2)}, threads
+
+
+def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root: str):
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu, resources, threads = plan_workers(cfg, *_cluster_resources())
+    datasets = {
+        split: ray.data.read_parquet(storage.join(root, split), filesystem=fs, columns=[COMPRESSED, ORIGINAL])
+        for split in ("train", "val")
+    }
+    datasets["train"] = datasets["train"].randomize_block_order()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": asdict(cfg), "channels": data["channels"], "threads": threads},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=out_root,
+            storage_filesystem=out_fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="val_psnr_gain", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: whole, read by rank 0
+    )
+
+
+def _load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def write_metrics_csv(history: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k)) for k in METRIC_FIELDS})
+    return buf.getvalue().encode()
+
+
+def loss_figure(history: list[dict]) -> bytes:
+    """Train and validation loss by step (the original project's figure), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, [r["train_loss"] for r in history], label="train loss", lw=1)
+    val = [(r["step"], r["val_loss"]) for r in history if not math.isnan(r["val_loss"])]
+    if val:
+        ax.plot(*zip(*val), label="val loss", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (pixels on [0, 1])")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """Run the train job; returns its summary. Raises DataError before starting on bad data,
+    TrainingDiverged when the loss became NaN/inf (the last good checkpoint is kept)."""
+    from .runtime import connect
+
+    started = time.time()
+    fs, root = storage.resolve(cfg.data, cfg.s3())
+    out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
+    data = inspect_data(cfg, fs, root)
+    connect(cfg.address)
+    storage.make_dirs(out_fs, out_root)
+    result = build_trainer(cfg, data, fs, root, out_fs, out_root).fit()
+    status = result.return_value or {}
+    if status.get("diverged"):
+        raise TrainingDiverged(
+            f"the training loss became NaN/inf after step {status['step']}; the last good checkpoint "
+            f"is kept in {cfg.output}/{cfg.name}/ (lower --lr and re-run with the same --name to resume from it)"
+        )
+    final = _load_state(result.checkpoint)
+    history = final["history"]
+    best = result.get_best_checkpoint("val_psnr_gain", "max") if any(not math.isnan(r["val_psnr_gain"]) for r in history) else None
+    chosen = _load_state(best) if best is not None else final
+    model = build_model(cfg.arch, **cfg.model_args(data["channels"]))
+    model.load_state_dict(chosen["model"])
+    chosen_row = next((r for r in history if r["step"] == chosen["step"]), {})
+    training = {
+        "data": cfg.data, "steps": int(chosen["step"]), "config": asdict(cfg), "patch_size": data["patch_size"],
+        "val_psnr_gain": chosen_row.get("val_psnr_gain"), "train_patches": data["train_rows"],
+    }
+    model_path = storage.join(out_root, "model.pt")
+    storage.write_bytes_atomic(out_fs, model_path, model_bytes(model, training))
+    storage.write_bytes_atomic(out_fs, storage.join(out_root, "metrics.csv"), write_metrics_csv(history))
+    storage.write_bytes_atomic(out_fs, storage.join(out_root, "loss.png"), loss_figure(history))
+    load_model_bytes(storage.read_bytes(out_fs, model_path), model_path)  # the file we ship must load
+    last = history[-1] if history else {}
+    return {
+        "output": cfg.output, "model": storage.join(cfg.output, "model.pt"), "steps": int(final["step"]),
+        "exported_step": int(chosen["step"]), "val_psnr_gain": chosen_row.get("val_psnr_gain"),
+        "last": last, "seconds": round(time.time() - started, 1), "checkpoints": result.path,
+        "resumed_from": int(status.get("resumed_from", 0)),
+    }

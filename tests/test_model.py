@@ -1,0 +1,80 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from carray.model import ARCNN, ModelFileError, build_model, load_model_bytes, model_bytes, multiply_adds_per_pixel
+from carray.restore import restore_pixels, restore_planes, run_model
+
+
+def test_arcnn_is_the_original_design_with_the_fixes_as_arguments():
+    original = ARCNN(residual=False, relu_output=True, padding_mode="zeros")
+    convs = [m for m in original.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [(1, 64, 9), (64, 32, 7), (32, 16, 1), (16, 1, 5)]
+    assert multiply_adds_per_pixel(original) == 9 * 9 * 64 + 7 * 7 * 64 * 32 + 32 * 16 + 5 * 5 * 16
+    assert original(torch.rand(1, 1, 8, 8) - 2).min() >= 0  # the original's output ReLU
+    colour = build_model("arcnn", channels=3)
+    assert colour(torch.rand(2, 3, 9, 11)).shape == (2, 3, 9, 11)
+
+
+def test_residual_replicate_default_keeps_a_flat_image_flat_at_borders():
+    model = ARCNN()  # residual, replicate padding
+    torch.nn.init.zeros_(model.out.weight)
+    torch.nn.init.zeros_(model.out.bias)
+    x = torch.full((1, 1, 16, 16), 0.5)
+    assert torch.equal(model(x), x)  # identity at start: nothing darkens the border
+
+
+def test_fast_variant_is_cheaper_and_handles_odd_sizes():
+    fast = build_model("fast-arcnn")
+    assert multiply_adds_per_pixel(fast) < multiply_adds_per_pixel(ARCNN()) / 5
+    for h, w in [(1, 1), (7, 5), (33, 18)]:
+        assert fast(torch.rand(1, 1, h, w)).shape == (1, 1, h, w)
+
+
+@pytest.mark.parametrize("arch", ["arcnn", "fast-arcnn"])
+def test_tiled_restoration_equals_whole_image(arch):
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    img = np.random.default_rng(0).random((150, 410, 1)).astype(np.float32)  # several tiles wide
+    whole = run_model(model, img, torch.device("cpu"))
+    tiled = restore_planes(model, img, tile=64)
+    assert np.abs(whole - tiled).max() <= 1e-4
+
+
+def test_restore_keeps_mode_and_size():
+    gray, colour = build_model("arcnn").eval(), build_model("arcnn", channels=3).eval()
+    rgb = np.random.default_rng(1).integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    assert restore_pixels(colour, rgb).shape == (13, 17, 3)
+    assert restore_pixels(gray, rgb).shape == (13, 17, 3)  # Y restored, CbCr kept
+    assert restore_pixels(colour, rgb[..., 0]).shape == (13, 17)
+    assert restore_pixels(gray, np.zeros((1, 1), np.uint8)).shape == (1, 1)
+
+
+def test_model_file_roundtrip_and_refusals(tmp_path):
+    model = build_model("fast-arcnn", channels=3)
+    data = model_bytes(model, {"steps": 5})
+    loaded, training = load_model_bytes(data, "m.pt")
+    assert training == {"steps": 5} and loaded.args == model.args
+    x = torch.rand(1, 3, 10, 10)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    buf = io.BytesIO()
+    torch.save({"format": "carray-model", "evil": Evil()}, buf)
+    with pytest.raises(ModelFileError, match="evil.pt: refused"):
+        load_model_bytes(buf.getvalue(), "evil.pt")
+    buf = io.BytesIO()
+    torch.save({"weights": torch.zeros(3)}, buf)
+    with pytest.raises(ModelFileError, match="not a carray model"):
+        load_model_bytes(buf.getvalue(), "foreign.pt")
+    with pytest.raises(ModelFileError, match="not a PyTorch"):
+        load_model_bytes(b"hello", "text.pt")
+    with pytest.raises(ModelFileError, match="not a PyTorch"):
+        load_model_bytes(data[: len(data) // 2], "truncated.pt")

@@ -1,0 +1,113 @@
+"""The train job on a real local Ray: 2 CPU workers, checkpoints, resume after a kill, bad data."""
+import csv
+import os
+import signal
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from carray import jpeg
+from carray.config import PrepConfig, TrainConfig
+from carray.model import load_model
+from carray.prep import run_prep
+from carray.restore import restore_pixels
+from carray.train import DataError, inspect_data, run_train
+from carray.storage import resolve
+from conftest import smooth_image
+from support.jobs import run_job, start_job
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("tiny")
+    images = root / "images"
+    images.mkdir()
+    from conftest import png_bytes
+
+    for i in range(8):
+        (images / f"i{i}.png").write_bytes(png_bytes(smooth_image(96, 96, seed=i)))
+    run_prep(PrepConfig(input=str(images), output=str(root / "data"), quality=("10",), split="75/25/0", stride=16))
+    return root / "data"
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_train_checkpoint_get_killed_and_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--output", str(out), "--workers", "2", "--steps", "40", "--batch-size", "16",
+            "--val-every", "5", "--checkpoint-every", "10", "--val-patches", "64", "--lr-schedule", "cosine"]
+    first = start_job("train.py", args, tmp_path / "first.log")
+    deadline = time.time() + 240
+    # Ray Train registers a checkpoint in its snapshot file right after writing it; resuming reads that.
+    while time.time() < deadline and not (out / "train" / "checkpoint_manager_snapshot.json").exists():
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-run, after a checkpoint
+    first.wait()
+    assert not (out / "model.pt").exists()
+
+    code, log = run_job("train.py", args, tmp_path / "second.log")
+    assert code == 0, log[-3000:]
+    resumed = int(log.split("resumed from step ")[1].split(")")[0])
+    assert resumed >= 10, "the re-run must resume from the checkpoint, not from step 0"
+    rows = read_metrics(out / "metrics.csv")
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+    losses = [float(r["train_loss"]) for r in rows]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), "the training loss falls"
+    assert all(r["val_psnr"] for r in rows if int(r["step"]) % 5 == 0)
+    assert (out / "loss.png").stat().st_size > 1000
+
+    model, training = load_model(str(out / "model.pt"))
+    assert training["steps"] > 0 and training["config"]["workers"] == 2
+    clean = smooth_image(70, 90, seed=42)
+    degraded = jpeg.roundtrip(clean, 10)
+    restored = restore_pixels(model, degraded)
+    assert restored.shape == clean.shape and restored.dtype == np.uint8
+
+
+def _write(path, table):
+    path.mkdir(parents=True)
+    pq.write_table(table, path / "part.parquet")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: None, "no train/ dataset"),
+        (lambda root: [_write(root / s, pa.table({"x": [1, 2]})) for s in ("train", "val")], "without the 'compressed' column"),
+        (lambda root: [_write(root / s, pa.table({"compressed": pa.array([b"a" * 1000], pa.binary(1000)), "original": pa.array([b"a" * 1000], pa.binary(1000))})) for s in ("train", "val")], "not a square"),
+        (lambda root: [_write(root / s, pa.table({"compressed": pa.array([], pa.binary(1024)), "original": pa.array([], pa.binary(1024))})) for s in ("train", "val")], "empty"),
+    ],
+)
+def test_bad_data_is_refused_before_any_worker(tmp_path, make, message):
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    cfg = TrainConfig(data=str(root), output=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=message):
+        run_train(cfg)
+
+
+def test_wrong_patch_size_is_refused(tiny_data, tmp_path):
+    cfg = TrainConfig(data=str(tiny_data), output=str(tmp_path / "out"), patch_size=48)
+    with pytest.raises(DataError, match="patches are 32x32, but --patch-size 48"):
+        inspect_data(cfg, *resolve(cfg.data))
+
+
+def test_diverging_loss_stops_with_a_clear_error(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--output", str(out), "--steps", "60", "--batch-size", "16", "--lr", "1e30",
+            "--checkpoint-every", "1", "--val-every", "1000", "--no-residual", "--max-failures", "0"]
+    code, log = run_job("train.py", args, tmp_path / "nan.log")
+    assert code != 0
+    assert "NaN/inf" in log and "last good checkpoint" in log
+    assert list((out / "train").glob("checkpoint_*")), "the last good checkpoint stays"
