@@ -73,7 +73,37 @@ def train_main(argv=None, prog=None) -> int:
     return 0
 
 
-STAGES = {"prep": prep_main, "train": train_main}
+INFER_DESCRIPTION = (
+    "Restore a collection of JPEGs (folder or s3://bucket/prefix, nested folders kept) into OUTPUT "
+    "with Ray Data: one restored file per input at the same relative path, written atomically; "
+    "bad files are listed in OUTPUT/_failures.jsonl and never stop the job; a re-run skips what "
+    "is done. Exits non-zero when the input is missing or empty, or when every image failed."
+)
+
+
+def build_infer_parser(prog=None):
+    return config.build_parser(config.InferConfig, INFER_DESCRIPTION, prog)
+
+
+def infer_main(argv=None, prog=None) -> int:
+    from .infer import format_summary, run_infer
+    from .model import ModelFileError
+    from .runtime import RayUnreachable
+    from .storage import StorageError
+
+    cfg = config.parse(config.InferConfig, argv, INFER_DESCRIPTION, prog)
+    try:
+        summary = run_infer(cfg)
+    except (StorageError, RayUnreachable, ModelFileError, ValueError) as exc:
+        return _fail(str(exc))
+    print(format_summary(summary))
+    if summary["failed"] and not summary["restored"] and not summary["skipped"]:
+        print("error: every image failed; see _failures.jsonl", file=sys.stderr)
+        return 1
+    return 0
+
+
+STAGES = {"prep": prep_main, "train": train_main, "infer": infer_main}
 
 
 def main(argv=None) -> int:

@@ -132,7 +132,7 @@ class TrainConfig:
     lr_schedule: str = option("constant", help="'constant', 'cosine' (to 1%% of --lr at --steps) or 'step' (x0.1 at 60%% and 85%%).", choices=("constant", "cosine", "step"))
     augment: bool = option(True, help="Random flips and 90-degree rotations of each batch.")
     val_every: int = option(10, help="Validate every N steps (the original: every 10 batches).")
-    val_patches: int = option(4096, help="Validation patches, read once and kept in memory by rank 0.")
+    val_patches: int = option(1024, help="Validation patches, read once and kept in memory by rank 0 (0: no validation).")
     checkpoint_every: int = option(100, help="Save a checkpoint (model, optimizer, step, history) every N steps.")
     keep_checkpoints: int = option(3, help="Checkpoints kept: the best ones by validation PSNR gain.")
     max_failures: int = option(2, help="Worker failures to recover from (restart from the last checkpoint) before giving up.")
@@ -149,3 +149,22 @@ class TrainConfig:
         if self.arch == "arcnn":
             args["relu_output"] = self.relu_output
         return args
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    input: str = option(help="Folder or s3://bucket/prefix of JPEGs (any image format; nested folders are kept).")
+    output: str = option(help="Folder or s3://bucket/prefix for the restored images, at the same relative paths.")
+    model: Optional[str] = option(None, help="Model file (local or s3://); default: the gray and colour models shipped in the package.")
+    format: str = option("png", help="Output format; the extension changes to match.", choices=("png", "jpeg", "webp"))
+    jpeg_quality: int = option(95, help="Quality of --format jpeg/webp outputs.")
+    tile: int = option(512, help="Tile side in pixels: images are restored tile by tile (with overlap, no seams), bounding memory.")
+    overwrite: bool = option(False, help="Restore inputs whose output already exists (default: skip them).")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression bombs); they go to _failures.jsonl.")
+    actors: int = option(0, help="Restoring actors (one model each); 0 = one per GPU, or one per CPU.")
+    gpu: Optional[bool] = option(None, help="Restore on GPUs; default: when the cluster has any.", action=argparse.BooleanOptionalAction)
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
+    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url)

@@ -152,6 +152,8 @@ def load_model_bytes(data: bytes, name: str = "model") -> tuple[nn.Module, dict]
 
     Raises ModelFileError naming `name` for anything that is not a carray model.
     """
+    if not data.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        raise ModelFileError(f"{name}: not a PyTorch/carray model file (not a zip archive)")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

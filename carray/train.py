@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict) -> dict:
     plain = model.module if hasattr(model, "module") else model
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_batches = _val_batches(ray.train.get_dataset_shard("val"), cfg.val_patches, 256) if rank == 0 else []
+    val_batches = _val_batches(ray.train.get_dataset_shard("val"), cfg.val_patches, 256) if rank == 0 and cfg.val_patches > 0 else []
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
     window = {"loss": [], "psnr": [], "samples": 0, "start": time.perf_counter(), "reported": False}
 
