@@ -103,7 +103,34 @@ def infer_main(argv=None, prog=None) -> int:
     return 0
 
 
-STAGES = {"prep": prep_main, "train": train_main, "infer": infer_main}
+EVALUATE_DESCRIPTION = (
+    "Compress each clean image at each quality, restore it, and score JPEG and carray against the "
+    "original with the published conventions (gray = MATLAB Y, colour = RGB): PSNR, SSIM, PSNR-B. "
+    "Writes results.csv (per image), results.md (means per quality) and figures/."
+)
+
+
+def build_evaluate_parser(prog=None):
+    return config.build_parser(config.EvaluateConfig, EVALUATE_DESCRIPTION, prog)
+
+
+def evaluate_main(argv=None, prog=None) -> int:
+    from .evaluate import markdown, run_evaluate
+    from .model import ModelFileError
+    from .runtime import RayUnreachable
+    from .storage import StorageError
+
+    cfg = config.parse(config.EvaluateConfig, argv, EVALUATE_DESCRIPTION, prog)
+    try:
+        summary = run_evaluate(cfg)
+    except (StorageError, RayUnreachable, ModelFileError, ValueError) as exc:
+        return _fail(str(exc))
+    print(markdown(summary["table"], f"{cfg.images} ({'colour' if cfg.color else 'gray'})"))
+    print(f"report: {cfg.output}/results.md, results.csv, figures/  ({summary['seconds']:.0f} s)")
+    return 0
+
+
+STAGES = {"prep": prep_main, "train": train_main, "infer": infer_main, "evaluate": evaluate_main}
 
 
 def main(argv=None) -> int:

@@ -168,3 +168,19 @@ class InferConfig:
 
     def s3(self) -> S3Options:
         return S3Options(endpoint_url=self.endpoint_url)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    images: str = option(help="Folder (or s3://...) of clean images, e.g. LIVE1 or Classic5.")
+    output: str = option(help="Report folder: results.csv (per image), results.md (means), figures/.")
+    quality: tuple = option(("10", "20", "30", "40"), help="JPEG qualities to evaluate at.", nargs="+")
+    model: Optional[str] = option(None, help="Model file; default: the shipped model for the mode (gray or --color).")
+    color: bool = option(False, help="Evaluate RGB (PSNR on RGB, SSIM mean over channels); default: gray Y channel (MATLAB).")
+    figures: int = option(3, help="Side-by-side crops (original | JPEG | restored) for this many images, at the lowest quality.")
+    tile: int = option(512, help="Tile side for restoration (no effect on results).")
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
+    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url)
