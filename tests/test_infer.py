@@ -166,3 +166,12 @@ def test_unreachable_cluster_fails_fast(tmp_path, model_file):
     code, log = run_job("infer.py", ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", model_file], tmp_path / "log", env=env, timeout=60)
     assert code != 0 and time.time() - started < 30
     assert "No Ray cluster answers at 127.0.0.1:9" in log
+
+
+def test_shipped_models_restore_without_model_option(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "g.jpg").write_bytes(jpeg.compress(smooth_image(40, 48), 10))
+    (tmp_path / "in" / "c.jpg").write_bytes(jpeg.compress(smooth_image(40, 48, color=True), 10))
+    assert cli_main(["infer", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "g.png").mode == "L"
+    assert Image.open(tmp_path / "out" / "c.png").mode == "RGB"

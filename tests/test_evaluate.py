@@ -1,0 +1,24 @@
+"""The evaluate job reproduces the published JPEG rows and writes its report."""
+import csv
+
+import pytest
+
+from carray.cli import main as cli_main
+from carray.model import build_model, save_model
+from conftest import DATA
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_evaluate_classic5_reproduces_the_jpeg_row(tmp_path):
+    model = tmp_path / "m.pt"
+    save_model(build_model("fast-arcnn"), str(model))
+    out = tmp_path / "report"
+    code = cli_main(["evaluate", "--images", str(DATA / "Classic5"), "--quality", "10", "--model", str(model), "--output", str(out), "--figures", "1"])
+    assert code == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 5
+    mean = sum(float(r["jpeg_psnr"]) for r in rows) / 5
+    assert abs(mean - 27.82) <= 0.02  # ANCHORS.md, Classic5 gray q10
+    assert "| q10 | 5 | 27.82 / 0.7595 / 25.21 |" in (out / "results.md").read_text()
+    assert len(list((out / "figures").glob("*.png"))) == 1
