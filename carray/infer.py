@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow.fs as pafs
+import ray
 from ray.data import Datasink
 
 from . import storage
@@ -32,7 +33,7 @@ SHIPPED_MODELS = ("gray", "color")
 
 
 def _empty_row(path: str, error: str) -> dict:
-    return {"path": path, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"", "exif": b"", "error": error}
+    return {"path": path, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"", "exif": b"", "error": error, "node": ""}
 
 
 def to_row(path: str, image: DecodedImage) -> dict:
@@ -41,7 +42,7 @@ def to_row(path: str, image: DecodedImage) -> dict:
         "path": path, "pixels": image.pixels.tobytes(), "height": h, "width": w,
         "channels": 3 if image.is_color else 1,
         "alpha": b"" if image.alpha is None else image.alpha.tobytes(),
-        "icc": image.icc or b"", "exif": image.exif or b"", "error": "",
+        "icc": image.icc or b"", "exif": image.exif or b"", "error": "", "node": "",
     }
 
 
@@ -66,7 +67,7 @@ def decode_row(row: dict, *, root: str, max_pixels: Optional[int]) -> dict:
 
 def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
     """map() stage: restored pixels -> output file bytes."""
-    out = {"path": row["path"], "data": b"", "megapixels": 0.0, "error": row["error"]}
+    out = {"path": row["path"], "data": b"", "megapixels": 0.0, "error": row["error"], "node": row["node"]}
     if row["error"]:
         return out
     try:
@@ -92,6 +93,7 @@ class Restorer:
             torch.set_num_threads(threads)
         self.models = {kind: prepare_model(load_model_bytes(data, kind)[0], self.device) for kind, data in model_files.items()}
         self.tile = tile
+        self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
     def __call__(self, batch: dict) -> dict:
         from .restore import restore_image
@@ -103,6 +105,7 @@ class Restorer:
             try:
                 restored = restore_image(self.models, from_row(row), self.tile, self.device)
                 row["pixels"] = restored.pixels.tobytes()
+                row["node"] = self.node
             except MemoryError:
                 row.update(_empty_row(row["path"], "out of memory while restoring (lower --tile)"))
             except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl
@@ -122,11 +125,12 @@ class ImageSink(Datasink):
         self.written: int = 0
         self.megapixels: float = 0.0
         self.failures: list[dict] = []
+        self.nodes: set[str] = set()
 
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
 
-        result = {"written": 0, "megapixels": 0.0, "failures": []}
+        result = {"written": 0, "megapixels": 0.0, "failures": [], "nodes": set()}
         for block in blocks:
             for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
                 path = row["path"]
@@ -140,6 +144,7 @@ class ImageSink(Datasink):
                     continue
                 result["written"] += 1
                 result["megapixels"] += row["megapixels"]
+                result["nodes"].add(row["node"])
         return result
 
     def on_write_complete(self, write_result) -> None:
@@ -147,6 +152,7 @@ class ImageSink(Datasink):
             self.written += r["written"]
             self.megapixels += r["megapixels"]
             self.failures.extend(r["failures"])
+            self.nodes |= r["nodes"]
 
 
 # --- planning (driver, no Ray) ---
@@ -210,8 +216,6 @@ def _pool(cfg: InferConfig) -> tuple[int, float, float, int]:
     CPU actors ask for half a CPU each, so on a small node they never take every CPU from the
     read, decode and write tasks (a pool of whole-CPU actors on 2 CPUs starves them and hangs).
     """
-    import ray
-
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
     use_gpu = gpus > 0 if cfg.gpu is None else cfg.gpu
@@ -228,7 +232,6 @@ def run_infer(cfg: InferConfig) -> dict:
 
     Raises storage.StorageError when SRC does not exist or holds no images.
     """
-    import ray
     from ray.data import ActorPoolStrategy
 
     from .runtime import connect
@@ -252,8 +255,13 @@ def run_infer(cfg: InferConfig) -> dict:
     if todo:
         connect(cfg.address)
         actors, cpus, gpus, threads = _pool(cfg)
-        ds = ray.data.read_binary_files([storage.join(src_root, rel) for rel in todo], include_paths=True, filesystem=src_fs)
-        ds = ds.map(decode_row, fn_kwargs={"root": src_root, "max_pixels": cfg.max_pixels})
+        # Tasks ask for half a CPU, like the actors: a node with one CPU then always fits an actor
+        # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes never get scheduled).
+        task_cpus = {"num_cpus": 0.5}
+        ds = ray.data.read_binary_files(
+            [storage.join(src_root, rel) for rel in todo], include_paths=True, filesystem=src_fs, ray_remote_args=task_cpus
+        )
+        ds = ds.map(decode_row, fn_kwargs={"root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
         ds = ds.map_batches(
             Restorer,
             fn_constructor_kwargs={"model_files": files, "tile": cfg.tile, "threads": threads},
@@ -261,8 +269,9 @@ def run_infer(cfg: InferConfig) -> dict:
             batch_size=1,  # images differ in size; each is tiled inside the actor
             num_cpus=cpus,
             num_gpus=gpus,
+            scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
         )
-        ds = ds.map(encode_row, fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality})
+        ds = ds.map(encode_row, fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality}, **task_cpus)
         ds.write_datasink(sink)
 
     seconds = time.time() - started
@@ -272,7 +281,7 @@ def run_infer(cfg: InferConfig) -> dict:
         "input": cfg.input, "output": cfg.output, "images": len(inputs), "restored": sink.written,
         "skipped": len(inputs) - len(todo), "failed": len(failures), "megapixels": round(sink.megapixels, 3),
         "seconds": round(seconds, 2), "megapixels_per_second": round(sink.megapixels / seconds, 3),
-        "model": cfg.model or "shipped", "config": asdict(cfg),
+        "nodes": len(sink.nodes), "model": cfg.model or "shipped", "config": asdict(cfg),
     }
     storage.write_json(dst_fs, storage.join(dst_root, SUMMARY_FILE), summary)
     return summary

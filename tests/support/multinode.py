@@ -1,0 +1,65 @@
+"""Run the infer job on a multi-node local cluster (ray.cluster_utils.Cluster) in its own process.
+
+    python tests/support/multinode.py SRC DST MODEL [--workers 2] [--remove-worker-after N]
+
+Prints one JSON line: the job's summary. With --remove-worker-after N, a worker node is removed
+once N outputs exist in DST (a fault: the job must still finish every input).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from carray.config import InferConfig
+from carray.infer import run_infer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("model")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--remove-worker-after", type=int, default=0)
+    args = parser.parse_args()
+
+    # A private temp dir: the head records its address there, not in the machine-wide /tmp/ray.
+    temp_dir = tempfile.mkdtemp(prefix="crm-", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1", "temp_dir": temp_dir})
+    workers = [cluster.add_node(num_cpus=1, temp_dir=temp_dir) for _ in range(args.workers)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    removed = {}
+
+    def remove_when_started():
+        while not removed and len(list(Path(args.dst).rglob("*.png"))) < args.remove_worker_after:
+            time.sleep(0.05)
+        if not removed:
+            cluster.remove_node(workers[-1], allow_graceful=False)
+            removed["after"] = len(list(Path(args.dst).rglob("*.png")))
+
+    if args.remove_worker_after:
+        threading.Thread(target=remove_when_started, daemon=True).start()
+    summary = run_infer(InferConfig(input=args.src, output=args.dst, model=args.model, actors=1 + args.workers))
+    removed.setdefault("after", None)
+    summary["removed_after"] = removed["after"]
+    # Where the restoring actors ran (the state API is served by the head's dashboard).
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Restorer))")], detail=True, raise_on_missing_output=False)
+    summary["actor_nodes"] = len({a.node_id for a in actors})
+    print(json.dumps(summary))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
