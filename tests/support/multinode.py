@@ -32,7 +32,7 @@ def main() -> None:
 
     # A private temp dir: the head records its address there, not in the machine-wide /tmp/ray.
     temp_dir = tempfile.mkdtemp(prefix="crm-", dir="/tmp")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_host": "127.0.0.1", "temp_dir": temp_dir})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": None, "temp_dir": temp_dir})
     workers = [cluster.add_node(num_cpus=1, temp_dir=temp_dir) for _ in range(args.workers)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
@@ -54,7 +54,9 @@ def main() -> None:
     # Where the restoring actors ran (the state API is served by the head's dashboard).
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Restorer))")], detail=True, raise_on_missing_output=False)
+    actors = list_actors(
+        address=cluster.address, filters=[("class_name", "=", "MapWorker(MapBatches(Restorer))")], detail=True, raise_on_missing_output=False
+    )
     summary["actor_nodes"] = len({a.node_id for a in actors})
     print(json.dumps(summary))
     ray.shutdown()
