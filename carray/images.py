@@ -127,6 +127,8 @@ def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) ->
             raise ImageError("not an image Pillow can identify") from None
         except Image.DecompressionBombError as exc:
             raise ImageError(f"decompression bomb: {exc}") from None
+        except Exception as exc:  # broken headers raise SyntaxError, OSError, struct.error...
+            raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from None
         width, height = img.size
         if max_pixels is not None and width * height > max_pixels:
             raise ImageError(

@@ -63,6 +63,8 @@ def decode_row(row: dict, *, root: str, max_pixels: Optional[int]) -> dict:
         return _empty_row(path, str(exc))
     except MemoryError:
         return _empty_row(path, "out of memory while decoding (lower --max-pixels or add memory)")
+    except Exception as exc:  # last resort: one bad file must never stop the job
+        return _empty_row(path, f"cannot decode: {type(exc).__name__}: {exc}")
 
 
 def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
@@ -250,6 +252,7 @@ def run_infer(cfg: InferConfig) -> dict:
     todo = [rel for rel in inputs if names[rel] not in done]
     files = model_files(cfg)
     storage.make_dirs(dst_fs, dst_root)
+    storage.remove_stale_temporaries(dst_fs, dst_root)  # left by a run that was killed mid-write
 
     sink = ImageSink(dst_fs, dst_root, names)
     if todo:

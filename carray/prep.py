@@ -91,9 +91,9 @@ def patchify_batch(
             else:
                 qualities = qualities_for(image, fixed, ranges, cfg.range_samples, cfg.seed)
                 rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels)
-        except (ImageError, OSError) as exc:
+        except Exception as exc:  # ImageError, OSError, or anything else: this image only
             patches.append(0)
-            reasons.append(str(exc) or type(exc).__name__)
+            reasons.append(str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}")
             continue
         tables.setdefault(split, []).append(to_arrow(rows))
         patches.append(len(rows["y"]))

@@ -131,6 +131,20 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         stream.write(data)
 
 
+def remove_stale_temporaries(fs: pafs.FileSystem, root: str) -> int:
+    """Delete the hidden temporaries that :func:`atomic_output` leaves when its process is killed
+    mid-write (local folders only; object stores never show an unfinished upload). Returns how many."""
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
 def write_json(fs: pafs.FileSystem, path: str, obj) -> None:
     write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

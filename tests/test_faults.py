@@ -1,0 +1,214 @@
+"""Faults: lose a node, kill the driver, restart the bucket server, kill a training worker, crash
+prep, feed mutated JPEGs. After each, every input ends exactly once: one output or one failure line.
+The helpers live in tests/support/faults.py."""
+import filecmp
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from carray import jpeg
+from carray.cli import main as cli_main
+from carray.config import PrepConfig
+from carray.infer import decode_row, encode_row
+from carray.model import build_model, save_model
+from carray.prep import run_prep
+from carray.restore import restore_image
+from carray.infer import from_row
+from conftest import png_bytes, smooth_image
+from support.faults import count_files, kill_process_group, kill_ray_actor, restart_server_when, wait_for
+from support.jobs import job_env, run_job, start_job
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("ray_session")
+IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory, ray_session):
+    """40 JPEGs big enough that a run lasts several seconds, one broken file, a model, and the
+    outputs of an undisturbed run to compare against."""
+    root = tmp_path_factory.mktemp("faults")
+    src = root / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(IMAGES):
+        (src / ("sub" if i % 3 else "") / f"img{i:02d}.jpg").write_bytes(jpeg.compress(smooth_image(256, 256, seed=i), 10))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    model = root / "arcnn.pt"
+    save_model(build_model("arcnn"), str(model))
+    reference = root / "reference"
+    assert cli_main(["infer", "--input", str(src), "--output", str(reference), "--model", str(model)]) == 0
+    return src, model, reference
+
+
+def assert_exactly_once(src: Path, dst: Path, reference: Path) -> None:
+    inputs = sorted(p.relative_to(src).with_suffix(".png").as_posix() for p in src.rglob("*.jpg"))
+    outputs = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.png"))
+    failures = [json.loads(line)["path"] for line in (dst / "_failures.jsonl").read_text().splitlines()]
+    assert len(failures) == len(set(failures)) == 1 and failures == ["broken.jpg"]
+    assert sorted(outputs + [f.replace(".jpg", ".png") for f in failures]) == inputs
+    for rel in outputs:
+        assert filecmp.cmp(dst / rel, reference / rel, shallow=False), f"{rel} differs from the undisturbed run"
+    assert not list(dst.rglob("*.tmp")), "no temporary file is left"
+
+
+def test_node_lost_during_infer(collection, tmp_path):
+    src, model, reference = collection
+    dst = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "support" / "multinode.py"), str(src), str(dst), str(model), "--remove-worker-after", "5"],
+        capture_output=True, text=True, timeout=500, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["removed_after"] is not None and summary["removed_after"] < IMAGES, "the node went mid-run"
+    assert_exactly_once(src, dst, reference)
+
+
+def test_driver_killed_then_rerun(collection, tmp_path):
+    src, model, reference = collection
+    dst = tmp_path / "out"
+    args = ["--input", str(src), "--output", str(dst), "--model", str(model)]
+    driver = start_job("infer.py", args, tmp_path / "killed.log")
+    wait_for(lambda: count_files(dst, "*.png") >= 3 or driver.poll() is not None, what="the first outputs")
+    kill_process_group(driver)
+    written = count_files(dst, "*.png")
+    assert 0 < written < IMAGES, "killed part-way"
+    for png in dst.rglob("*.png"):  # what is visible is complete
+        Image.open(png).load()
+    code, log = run_job("infer.py", args, tmp_path / "rerun.log")
+    assert code == 0, log[-3000:]
+    assert f"{IMAGES - written} restored, {written} skipped" in log
+    assert_exactly_once(src, dst, reference)
+
+
+@pytest.mark.s3
+def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path, monkeypatch):
+    src, model, reference = collection
+    options, name = bucket
+    fs = options.filesystem()
+    for path in src.rglob("*.jpg"):
+        with fs.open_output_stream(f"{name}/in/{path.relative_to(src).as_posix()}") as f:
+            f.write(path.read_bytes())
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+
+    def outputs_in_bucket() -> int:
+        try:
+            return sum(1 for i in fs.get_file_info(pafs.FileSelector(f"{name}/out", recursive=True, allow_not_found=True)) if i.path.endswith(".png"))
+        except OSError:
+            return 0
+
+    restart = restart_server_when(s3_server, lambda: outputs_in_bucket() >= 3)
+    args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", str(model)]
+    first = cli_main(args)
+    restart.join(timeout=120)
+    if first != 0 or outputs_in_bucket() < IMAGES:  # failed clearly: a re-run completes the rest
+        assert cli_main(args) == 0
+    local = tmp_path / "out"
+    for info in fs.get_file_info(pafs.FileSelector(f"{name}/out", recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = local / Path(info.path).relative_to(f"{name}/out")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(fs.open_input_stream(info.path).read())
+    assert_exactly_once(src, local, reference)
+
+
+def test_training_worker_killed_resumes_from_checkpoint(tmp_path, ray_session):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        (images / f"i{i}.png").write_bytes(png_bytes(smooth_image(96, 96, seed=i)))
+    run_prep(PrepConfig(input=str(images), output=str(tmp_path / "data"), quality=("10",), split="80/20/0"))
+    out = tmp_path / "run"
+    interval = 10
+    args = ["--data", str(tmp_path / "data"), "--output", str(out), "--steps", "60", "--batch-size", "16",
+            "--checkpoint-every", str(interval), "--keep-checkpoints", "20", "--val-every", "1000", "--max-failures", "2"]
+    job = start_job("train.py", args, tmp_path / "train.log")
+    checkpoints = lambda: len(list((out / "train").glob("checkpoint_2*")))
+    wait_for(lambda: checkpoints() >= 2 or job.poll() is not None, what="two checkpoints")
+    saved = checkpoints()
+    kill_ray_actor("RayTrainWorker", address=ray_session.get_runtime_context().gcs_address)
+    job.wait(timeout=400)
+    log = (tmp_path / "train.log").read_text()
+    assert job.returncode == 0, log[-3000:]
+    resumed = int(log.split("resuming from the checkpoint at step ")[1].split()[0])
+    assert resumed >= saved * interval - interval, "at most one checkpoint interval of work is redone"
+    from carray.model import load_model
+
+    model, training = load_model(str(out / "model.pt"))
+    assert training["steps"] > 0
+
+
+def test_prep_killed_then_rerun_gives_the_same_patches(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(60):
+        (images / f"i{i:02d}.png").write_bytes(png_bytes(smooth_image(160, 160, seed=i)))
+    reference = tmp_path / "reference"
+    cfg = ["--input", str(images), "--quality", "10", "20", "30", "40", "--stride", "8"]
+    assert cli_main(["prep", *cfg, "--output", str(reference)]) == 0
+    out = tmp_path / "out"
+    job = start_job("prep.py", [*cfg, "--output", str(out)], tmp_path / "prep.log")
+    wait_for(lambda: count_files(out / "train", "*.parquet") >= 1 or job.poll() is not None, what="the first Parquet file")
+    kill_process_group(job)
+    for path in (out / "train").glob("*.parquet"):  # every visible file is whole
+        pq.read_table(path)
+    code, log = run_job("prep.py", [*cfg, "--output", str(out)], tmp_path / "rerun.log")
+    assert code == 0, log[-2000:]
+
+    def per_image(root):
+        counts = {}
+        for split in ("train", "val"):
+            table = pads.dataset(str(root / split), format="parquet").to_table(columns=["image"])
+            for image in table.column("image").to_pylist():
+                counts[(split, image)] = counts.get((split, image), 0) + 1
+        return counts
+
+    assert per_image(out) == per_image(reference)
+    assert (out / "test.txt").read_text() == (reference / "test.txt").read_text()
+
+
+# --- fuzzed inputs through decode + restore + encode ---
+
+_SEED_JPEG = jpeg.compress(smooth_image(24, 32, color=True), 30)
+_FUZZ_MODEL = {"gray": build_model("fast-arcnn").eval()}
+
+
+@st.composite
+def mutated_jpegs(draw):
+    data = bytearray(_SEED_JPEG)
+    kind = draw(st.sampled_from(["flip", "truncate", "header"]))
+    if kind == "flip":
+        for position in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            data[position] ^= 1 << draw(st.integers(0, 7))
+    elif kind == "truncate":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    else:  # rewrite bytes inside the headers (markers, sizes, tables)
+        start = draw(st.integers(0, 200))
+        data[start : start + 4] = draw(st.binary(min_size=4, max_size=4))
+    return bytes(data)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_jpegs())
+def test_fuzzed_jpegs_end_as_output_or_failure(data):
+    row = decode_row({"bytes": data, "path": "fuzz.jpg"}, root="", max_pixels=4_000_000)
+    if row["error"]:
+        assert isinstance(row["error"], str) and row["error"]
+        return
+    restored = restore_image(_FUZZ_MODEL, from_row(row))
+    row["pixels"] = restored.pixels.tobytes()
+    out = encode_row(row, fmt="png", quality=95)
+    assert out["error"] or Image.open(io.BytesIO(out["data"])).size == (row["width"], row["height"])
