@@ -51,18 +51,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.output).resolve()
 
-    from .cli import infer_main, prep_main
+    from .cli import stage_main
     from .runtime import connect
 
     connect("local", num_cpus=2)  # one private Ray for both jobs
     print(f"== prep: {BUNDLED / 'LIVE1_gray'} -> {out / 'patches'}")
-    code = prep_main(["--input", str(BUNDLED / "LIVE1_gray"), "--output", str(out / "patches"), "--quality", "10", "30"], prog="demo prep")
+    code = stage_main("prep", ["--input", str(BUNDLED / "LIVE1_gray"), "--output", str(out / "patches"), "--quality", "10", "30"], prog="demo prep")
     if code:
         return code
 
     originals = make_jpegs(BUNDLED / "Classic5", out / "jpeg", [10, 20])
     print(f"\n== infer: {out / 'jpeg'} -> {out / 'restored'} (shipped model)")
-    code = infer_main(["--input", str(out / "jpeg"), "--output", str(out / "restored"), "--overwrite"], prog="demo infer")
+    code = stage_main("infer", ["--input", str(out / "jpeg"), "--output", str(out / "restored"), "--overwrite"], prog="demo infer")
     if code:
         return code
     report_gain(originals, out / "jpeg", out / "restored")

@@ -11,7 +11,6 @@ import csv
 import io
 import time
 from dataclasses import asdict
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw

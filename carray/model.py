@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import JobError
+
 FORMAT = "carray-model"
 FORMAT_VERSION = 1
 
 
-class ModelFileError(ValueError):
+class ModelFileError(JobError):
     """A file that is not a usable carray model; the message names it and says why."""
 
 

@@ -12,9 +12,11 @@ from typing import Optional
 
 import ray
 
+from .errors import JobError
 
-class RayUnreachable(RuntimeError):
-    pass
+
+class RayUnreachable(JobError):
+    """No Ray cluster answers at the address a job was given."""
 
 
 def _recorded_local_cluster() -> Optional[str]:

@@ -17,8 +17,10 @@ from typing import Iterable, Iterator, Optional
 
 import pyarrow.fs as pafs
 
+from .errors import JobError
 
-class StorageError(RuntimeError):
+
+class StorageError(JobError):
     """A location that does not exist or cannot be reached; the message names it."""
 
 

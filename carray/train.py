@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import storage
 from .config import TrainConfig
+from .errors import JobError
 from .model import build_model, load_model_bytes, model_bytes
 from .pairs import COMPRESSED, ORIGINAL, patch_shape, patches_from_arrow
 
@@ -32,7 +33,7 @@ STATE_FILE = "state.pt"
 METRIC_FIELDS = ("step", "train_loss", "train_psnr", "val_loss", "val_psnr", "val_psnr_gain", "lr", "samples_per_s")
 
 
-class DataError(ValueError):
+class DataError(JobError):
     """Training data that cannot be used; raised before any worker starts."""
 
 
@@ -332,8 +333,8 @@ def loss_figure(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(JobError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 def run_train(cfg: TrainConfig) -> dict:

@@ -1,12 +1,16 @@
-"""evaluate job: `ray job submit --working-dir . -- python jobs/evaluate.py --images ... --output ...`."""
+"""evaluate job: `ray job submit --working-dir . -- python jobs/evaluate.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_evaluate_parser as build_parser  # noqa: F401  (re-exported for launchers)
-from carray.cli import evaluate_main
+from carray.cli import build_parser as _build_parser
+from carray.cli import stage_main
+
+
+def build_parser():
+    return _build_parser("evaluate", prog="jobs/evaluate.py")
 
 
 def main(argv=None) -> int:
-    return evaluate_main(argv, prog="jobs/evaluate.py")
+    return stage_main("evaluate", argv, prog="jobs/evaluate.py")
 
 
 if __name__ == "__main__":

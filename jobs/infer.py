@@ -1,12 +1,16 @@
-"""infer job: `ray job submit --working-dir . -- python jobs/infer.py --input s3://... --output s3://...`."""
+"""infer job: `ray job submit --working-dir . -- python jobs/infer.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_infer_parser as build_parser  # noqa: F401  (re-exported for launchers)
-from carray.cli import infer_main
+from carray.cli import build_parser as _build_parser
+from carray.cli import stage_main
+
+
+def build_parser():
+    return _build_parser("infer", prog="jobs/infer.py")
 
 
 def main(argv=None) -> int:
-    return infer_main(argv, prog="jobs/infer.py")
+    return stage_main("infer", argv, prog="jobs/infer.py")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""prep job: `ray job submit --working-dir . -- python jobs/prep.py --input ... --output ...`."""
+"""prep job: `ray job submit --working-dir . -- python jobs/prep.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_prep_parser as build_parser  # noqa: F401  (re-exported for launchers)
-from carray.cli import prep_main
+from carray.cli import build_parser as _build_parser
+from carray.cli import stage_main
+
+
+def build_parser():
+    return _build_parser("prep", prog="jobs/prep.py")
 
 
 def main(argv=None) -> int:
-    return prep_main(argv, prog="jobs/prep.py")
+    return stage_main("prep", argv, prog="jobs/prep.py")
 
 
 if __name__ == "__main__":

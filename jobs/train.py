@@ -1,12 +1,16 @@
-"""train job: `ray job submit --working-dir . -- python jobs/train.py --data ... --output ...`."""
+"""train job: `ray job submit --working-dir . -- python jobs/train.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_train_parser as build_parser  # noqa: F401  (re-exported for launchers)
-from carray.cli import train_main
+from carray.cli import build_parser as _build_parser
+from carray.cli import stage_main
+
+
+def build_parser():
+    return _build_parser("train", prog="jobs/train.py")
 
 
 def main(argv=None) -> int:
-    return train_main(argv, prog="jobs/train.py")
+    return stage_main("train", argv, prog="jobs/train.py")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -28,7 +27,7 @@ from carray.restore import restore_image
 from carray.infer import from_row
 from conftest import png_bytes, smooth_image
 from support.faults import count_files, kill_process_group, kill_ray_actor, restart_server_when, wait_for
-from support.jobs import job_env, run_job, start_job
+from support.jobs import run_job, start_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("ray_session")
