@@ -31,12 +31,12 @@ from support.jobs import run_job, start_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("ray_session")
-IMAGES = 40
+IMAGES = 24
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, ray_session):
-    """40 JPEGs big enough that a run lasts several seconds, one broken file, a model, and the
+    """24 JPEGs big enough that a run lasts several seconds, one broken file, a model, and the
     outputs of an undisturbed run to compare against."""
     root = tmp_path_factory.mktemp("faults")
     src = root / "in"
@@ -200,7 +200,7 @@ def mutated_jpegs(draw):
     return bytes(data)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_jpegs())
 def test_fuzzed_jpegs_end_as_output_or_failure(data):
     row = decode_row({"bytes": data, "path": "fuzz.jpg"}, root="", max_pixels=4_000_000)
