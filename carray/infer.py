@@ -236,7 +236,7 @@ def run_infer(cfg: InferConfig) -> dict:
     """
     from ray.data import ActorPoolStrategy
 
-    from .runtime import connect
+    from .runtime import connect, tune_data_context
 
     started = time.time()
     if cfg.format not in OUTPUT_FORMATS:
@@ -257,12 +257,13 @@ def run_infer(cfg: InferConfig) -> dict:
     sink = ImageSink(dst_fs, dst_root, names)
     if todo:
         connect(cfg.address)
+        tune_data_context()
         actors, cpus, gpus, threads = _pool(cfg)
         # Tasks ask for half a CPU, like the actors: a node with one CPU then always fits an actor
         # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes never get scheduled).
         task_cpus = {"num_cpus": 0.5}
         ds = ray.data.read_binary_files(
-            [storage.join(src_root, rel) for rel in todo], include_paths=True, filesystem=src_fs, ray_remote_args=task_cpus
+            [storage.join(src_root, rel) for rel in todo], include_paths=True, filesystem=src_fs, **task_cpus
         )
         ds = ds.map(decode_row, fn_kwargs={"root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
         ds = ds.map_batches(

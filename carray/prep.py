@@ -118,9 +118,9 @@ def _patchify_all(items: list[dict], cfg: PrepConfig, src_fs, src_root, out_fs, 
 
     if not items:
         return []
-    # Ray Data reserves half the CPUs per operator by default, which on a 2-CPU node leaves this
-    # one-operator pipeline running a single task at a time.
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    from .runtime import tune_data_context
+
+    tune_data_context()
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / IMAGES_PER_BLOCK)))
     ds = ds.map_batches(
         patchify_batch,

@@ -74,3 +74,14 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
             "a private local Ray."
         )
     ray.init(address=target)
+
+
+def tune_data_context() -> None:
+    """Ray Data settings for our pipelines (driver-side, per job).
+
+    By default Ray Data reserves a share of the CPUs for each operator; on a 2-CPU node that leaves
+    a one-operator pipeline running a single task at a time and starves the actor pool's inputs
+    (measured with bench/prep.py and bench/infer.py). Without the reservation, backpressure still
+    bounds memory.
+    """
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
