@@ -15,7 +15,6 @@ from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -29,7 +28,8 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 FAILURES_FILE = "_failures.jsonl"
 MANIFEST_FILE = "_prep.json"
 TEST_LIST_FILE = "test.txt"
-IMAGES_PER_BLOCK = 4  # small blocks: a large photo can yield 100k+ patches
+IMAGES_PER_BLOCK = 4  # images per task: short tasks keep both cores busy to the end
+FLUSH_BYTES = 256 * 2**20  # a task writes a Parquet file whenever this much is pending
 
 
 def plan_items(relative_paths: list[str], pairs: bool) -> tuple[list[dict], list[dict]]:
@@ -80,8 +80,18 @@ def patchify_batch(
     """
     pa.set_cpu_count(1)  # Ray gave this task one CPU; pyarrow's own pool would oversubscribe it
     fixed, ranges = parse_qualities(cfg.quality)
-    tables: dict[str, list[pa.Table]] = {}
+    pending: dict[str, list[pa.Table]] = {}
+    parts = 0
     patches, reasons = [], []
+    # Files are named after the batch's images: a retried task replaces its own files, never adds.
+    batch_id = hashlib.sha1("\n".join(batch["image"]).encode()).hexdigest()[:20]
+
+    def flush(split: str) -> None:
+        nonlocal parts
+        path = storage.join(out_root, split, f"{batch_id}-{parts}.parquet")
+        _write_parquet_atomic(out_fs, path, pa.concat_tables(pending.pop(split)))
+        parts += 1
+
     for image, original, jpeg_path, split in zip(batch["image"], batch["original"], batch["jpeg"], batch["split"]):
         try:
             original_bytes = storage.read_bytes(src_fs, storage.join(src_root, original))
@@ -95,20 +105,14 @@ def patchify_batch(
             patches.append(0)
             reasons.append(str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}")
             continue
-        tables.setdefault(split, []).append(to_arrow(rows))
+        pending.setdefault(split, []).append(to_arrow(rows))
         patches.append(len(rows["y"]))
         reasons.append("")
-    for split, parts in tables.items():
-        # Named after the batch's first image: a retried task replaces its own file, never adds one.
-        name = hashlib.sha1("\n".join(batch["image"]).encode()).hexdigest()[:20] + ".parquet"
-        _write_parquet_atomic(out_fs, storage.join(out_root, split, name), pa.concat_tables(parts))
+        if sum(t.nbytes for t in pending[split]) >= FLUSH_BYTES:  # bounded memory for large photos
+            flush(split)
+    for split in list(pending):
+        flush(split)
     return {"image": batch["image"], "split": batch["split"], "patches": np.array(patches), "reason": np.array(reasons, dtype=object)}
-
-
-def _count_rows(fs: pafs.FileSystem, path: str) -> int:
-    if not storage.exists(fs, path):
-        return 0
-    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
 def _patchify_all(items: list[dict], cfg: PrepConfig, src_fs, src_root, out_fs, out_root) -> list[dict]:
@@ -166,7 +170,7 @@ def run_prep(cfg: PrepConfig) -> dict:
     test_images = [i["image"] for i in by_split["test"]]
     storage.write_bytes_atomic(out_fs, storage.join(out_root, TEST_LIST_FILE), "".join(p + "\n" for p in test_images).encode())
     storage.write_jsonl(out_fs, storage.join(out_root, FAILURES_FILE), failures)
-    patches = {s: _count_rows(out_fs, storage.join(out_root, s)) for s in ("train", "val")}
+    patches = {s: int(sum(r["patches"] for r in results if r["split"] == s)) for s in ("train", "val")}
     seconds = time.time() - started
     summary = {
         "input": cfg.input,
