@@ -1,4 +1,4 @@
-"""`python -m carray {prep,train,infer,evaluate}`: one parser and one main per stage.
+"""`python -m carray {prep,train,infer,evaluate,export}`: one parser and one main per stage.
 
 The jobs/ scripts are thin wrappers over these, so `ray job submit -- python jobs/X.py` and
 `python -m carray X` behave the same. Every main returns the process exit code: 0 done, 1 the job
@@ -33,6 +33,11 @@ EVALUATE_DESCRIPTION = (
     "Compress each clean image at each quality, restore it, and score JPEG and carray against the "
     "original with the published conventions (gray = MATLAB Y, colour = RGB): PSNR, SSIM, PSNR-B. "
     "Writes results.csv (per image), results.md (means per quality) and figures/."
+)
+EXPORT_DESCRIPTION = (
+    "Export a model for use outside Ray and Python, as ONNX or TorchScript: float32 (n, c, h, w) on "
+    "[0, 1] in, the restored image clamped to [0, 1] out, any size. The file is checked against "
+    "PyTorch (max difference <= 1e-4) before it is written."
 )
 
 
@@ -88,6 +93,14 @@ def _report_evaluate(summary, cfg) -> int:
     return 0
 
 
+def _report_export(summary, cfg) -> int:
+    print(
+        f"export: {summary['model']} ({summary['arch']}, {summary['channels']} channel(s)) -> {summary['output']} "
+        f"[{summary['format']}] | max difference to PyTorch {summary['max_difference']:.1e} | {summary['seconds']:.1f} s"
+    )
+    return 0
+
+
 def _lazy(module: str, function: str) -> Callable:
     """Import the stage's module only when it runs: `--help` stays fast and Ray-free."""
 
@@ -104,6 +117,7 @@ STAGES = {
     "train": (config.TrainConfig, TRAIN_DESCRIPTION, _lazy("train", "run_train"), _report_train),
     "infer": (config.InferConfig, INFER_DESCRIPTION, _lazy("infer", "run_infer"), _report_infer),
     "evaluate": (config.EvaluateConfig, EVALUATE_DESCRIPTION, _lazy("evaluate", "run_evaluate"), _report_evaluate),
+    "export": (config.ExportConfig, EXPORT_DESCRIPTION, _lazy("export", "run_export"), _report_export),
 }
 
 

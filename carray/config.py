@@ -119,7 +119,14 @@ class TrainConfig:
     data: str = option(help="The prep output (folder or s3://...) holding train/ and val/ Parquet.")
     output: str = option(help="Run folder (or s3://...): model.pt, metrics.csv, loss.png, and NAME/ with Ray Train's checkpoints.")
     name: str = option("train", help="Run name. Re-running with the same --output and --name resumes from the last checkpoint.")
-    arch: str = option("arcnn", help="Network: 'arcnn' (106 k multiply-adds/pixel) or 'fast-arcnn' (16 k, faster, a little worse).", choices=("arcnn", "fast-arcnn"))
+    arch: str = option(
+        "arcnn",
+        help="Network: 'arcnn' (106 k multiply-adds/pixel), 'fast-arcnn' (16 k, faster, a little worse) or "
+        "'unshuffled-cnn' (a 3x3 stack on the 2x2-folded image: 103 k at the default depth and width, deeper and better).",
+        choices=("arcnn", "fast-arcnn", "unshuffled-cnn"),
+    )
+    depth: int = option(13, help="unshuffled-cnn only: convolution layers.")
+    width: int = option(64, help="unshuffled-cnn only: channels per layer.")
     residual: bool = option(True, help="Predict the artifact and add it to the input (the original predicted the image).")
     padding_mode: str = option("replicate", help="Border padding of the convolutions; 'zeros' as the original (darkens borders).", choices=("replicate", "reflect", "zeros"))
     relu_output: bool = option(False, help="ARCNN only: a ReLU on the output layer, as the original had.")
@@ -145,6 +152,8 @@ class TrainConfig:
         return S3Options(endpoint_url=self.endpoint_url)
 
     def model_args(self, channels: int) -> dict:
+        if self.arch == "unshuffled-cnn":  # always residual
+            return dict(channels=channels, depth=self.depth, width=self.width, padding_mode=self.padding_mode)
         args = dict(channels=channels, residual=self.residual, padding_mode=self.padding_mode)
         if self.arch == "arcnn":
             args["relu_output"] = self.relu_output
@@ -181,6 +190,18 @@ class EvaluateConfig:
     tile: int = option(512, help="Tile side for restoration (no effect on results).")
     endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
     address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: str = option(help="'onnx' (onnxruntime, TensorRT, browsers...) or 'torchscript' (libtorch, C++).", choices=("onnx", "torchscript"))
+    model: Optional[str] = option(None, help="Model file (local or s3://); default: the shipped model for the mode (gray or --color).")
+    color: bool = option(False, help="Export the shipped colour model instead of the gray one (when --model is not given).")
+    output: Optional[str] = option(None, help="Output file; default: carray-gray.onnx / carray-gray.pt (or -color) in the current folder.")
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
 
     def s3(self) -> S3Options:
         return S3Options(endpoint_url=self.endpoint_url)

@@ -103,23 +103,6 @@ def comparison_figure(original: np.ndarray, degraded: np.ndarray, restored: np.n
     return buf.getvalue()
 
 
-def _model_file(cfg: EvaluateConfig) -> bytes:
-    from .infer import shipped_model_files
-    from .model import load_model_bytes
-
-    if cfg.model:
-        fs, path = storage.resolve(cfg.model, cfg.s3())
-        data = storage.read_bytes(fs, path)
-    else:
-        kind = "color" if cfg.color else "gray"
-        shipped = shipped_model_files()
-        if kind not in shipped:
-            raise storage.StorageError(f"no shipped {kind} model; pass --model PATH")
-        data = shipped[kind]
-    load_model_bytes(data, cfg.model or "shipped model")
-    return data
-
-
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
@@ -135,7 +118,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     images = storage.list_files(fs, root, IMAGE_EXTENSIONS)
     if not images:
         raise storage.StorageError(f"{cfg.images}: no images found")
-    model_file = _model_file(cfg)
+    from .infer import single_model_file
+
+    model_file = single_model_file(cfg)
     connect(cfg.address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     items = [{"image": image, "quality": q} for image in images for q in qualities]

@@ -36,6 +36,14 @@ class _Conv(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode=padding_mode)
 
 
+def _pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """Replicate one row/column on odd sizes so a stride-2 grid covers the image (crop after).
+    Always padding (by 0 on even sides) keeps the graph free of shape branches, so exported
+    models take any size."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+
+
 class ARCNN(nn.Module):
     """ARCNN (Dong et al. 2015) as the original project defined it: 9x9 conv -> 64, 7x7 -> 32,
     1x1 -> 16, 5x5 -> channels, ReLU between layers (~106 k multiply-adds per pixel).
@@ -96,13 +104,47 @@ class FastARCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        # Odd sizes: replicate one row/column so the stride-2 grid covers the image, crop after.
-        padded = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else x
+        padded = _pad_to_even(x)
         y = self.up(self.body(padded))[..., :h, :w]
         return x + y if self.residual else y
 
 
-ARCHITECTURES = {cls.arch: cls for cls in (ARCNN, FastARCNN)}
+class UnshuffledCNN(nn.Module):
+    """A plain 3x3 convolution stack (DnCNN, Zhang et al. 2017) run on the image folded 2x2 into
+    channels (pixel-unshuffle, as FFDNet does), predicting the artifact residual.
+
+    Folding quarters the pixels each layer sees, so for ARCNN's cost (~106 k multiply-adds per
+    output pixel) the network gets 13 layers of width 64 and a 55-pixel receptive field instead of
+    4 layers and 19 pixels. The 2x2 grid divides JPEG's 8x8 blocks, so block edges stay at fixed
+    positions of the folded grid. The last layer starts at zero: training starts from the identity.
+    """
+
+    arch = "unshuffled-cnn"
+    stride = 2
+
+    def __init__(self, channels: int = 1, depth: int = 13, width: int = 64, padding_mode: str = "replicate"):
+        super().__init__()
+        self.args = dict(channels=channels, depth=depth, width=width, padding_mode=padding_mode)
+        folded = channels * 4
+        layers = [_Conv(folded, width, 3, padding_mode), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [_Conv(width, width, 3, padding_mode), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.out = _Conv(width, folded, 3, padding_mode)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        # Each 3x3 layer adds one folded pixel (two image pixels) of context per side, plus the
+        # folding cell itself.
+        self.receptive_radius = 2 * depth + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        folded = F.pixel_unshuffle(_pad_to_even(x), 2)
+        residual = F.pixel_shuffle(self.out(self.body(folded)), 2)[..., :h, :w]
+        return x + residual
+
+
+ARCHITECTURES = {cls.arch: cls for cls in (ARCNN, FastARCNN, UnshuffledCNN)}
 
 
 def build_model(arch: str = "arcnn", **args) -> nn.Module:

@@ -33,7 +33,16 @@ def test_fast_variant_is_cheaper_and_handles_odd_sizes():
         assert fast(torch.rand(1, 1, h, w)).shape == (1, 1, h, w)
 
 
-@pytest.mark.parametrize("arch", ["arcnn", "fast-arcnn"])
+def test_unshuffled_cnn_stays_within_arcnn_cost_and_starts_as_identity():
+    model = build_model("unshuffled-cnn")
+    assert multiply_adds_per_pixel(model) <= multiply_adds_per_pixel(ARCNN())
+    for h, w in [(1, 1), (7, 5), (33, 18)]:
+        x = torch.rand(1, 1, h, w)
+        assert torch.equal(model(x), x)  # zero last layer: the identity until trained
+    assert build_model("unshuffled-cnn", channels=3)(torch.rand(2, 3, 9, 11)).shape == (2, 3, 9, 11)
+
+
+@pytest.mark.parametrize("arch", ["arcnn", "fast-arcnn", "unshuffled-cnn"])
 def test_tiled_restoration_equals_whole_image(arch):
     torch.manual_seed(0)
     model = build_model(arch).eval()
