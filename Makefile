@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/prep.py
 	$(PY) bench/train.py
 	$(PY) bench/infer.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -1,8 +1,10 @@
 """`make demo`: the pipeline on bundled images, on a local Ray and local storage.
 
 1. prep: the bundled LIVE1 gray images -> Parquet patch pairs (JPEG q10 and q30);
-2. infer: the bundled Classic5 images, saved as JPEG at q10 and q20, restored with the shipped model;
-3. the gain: PSNR of each restored image and of its JPEG against the original.
+2. infer: the bundled Classic5 images (gray) and two LIVE1 colour images, saved as JPEG at q10 and
+   q20, restored in one job with the shipped models (gray images by the gray model, colour images
+   by the colour model);
+3. the gain: PSNR of each restored image and of its JPEG against the original (gray: Y, colour: RGB).
 """
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "tests" / "data"
 
 
-def make_jpegs(clean: Path, out: Path, qualities: list[int]) -> dict[str, np.ndarray]:
-    """Gray JPEGs of each clean image at each quality; returns {jpeg relative path: original}."""
+def make_jpegs(clean: Path, out: Path, qualities: list[int], mode: str) -> dict[str, np.ndarray]:
+    """JPEGs (mode 'L' or 'RGB') of each clean image at each quality; returns {jpeg relative path: original}."""
     from . import jpeg
 
     originals = {}
     for path in sorted(clean.glob("*")):
-        original = np.asarray(Image.open(path).convert("L"))
+        original = np.asarray(Image.open(path).convert(mode))
         for q in qualities:
             rel = f"q{q}/{path.stem}.jpg"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -35,14 +37,15 @@ def make_jpegs(clean: Path, out: Path, qualities: list[int]) -> dict[str, np.nda
 def report_gain(originals: dict[str, np.ndarray], jpegs: Path, restored: Path) -> None:
     from . import metrics
 
-    print(f"\n{'image':22s} {'JPEG PSNR':>10s} {'carray PSNR':>12s} {'gain':>7s}")
+    print(f"\n{'image':22s} {'mode':>5s} {'JPEG PSNR':>10s} {'carray PSNR':>12s} {'gain':>7s}")
     gains = []
     for rel, original in originals.items():
-        before = metrics.psnr(original, np.asarray(Image.open(jpegs / rel).convert("L")))
+        mode = "RGB" if original.ndim == 3 else "L"
+        before = metrics.psnr(original, np.asarray(Image.open(jpegs / rel).convert(mode)))
         after = metrics.psnr(original, np.asarray(Image.open(restored / rel.replace(".jpg", ".png"))))
         gains.append(after - before)
-        print(f"{rel:22s} {before:10.2f} {after:12.2f} {after - before:+7.2f}")
-    print(f"{'mean gain':22s} {'':10s} {'':12s} {np.mean(gains):+7.2f} dB")
+        print(f"{rel:22s} {mode:>5s} {before:10.2f} {after:12.2f} {after - before:+7.2f}")
+    print(f"{'mean gain':22s} {'':5s} {'':10s} {'':12s} {np.mean(gains):+7.2f} dB")
 
 
 def main(argv=None) -> int:
@@ -60,8 +63,9 @@ def main(argv=None) -> int:
     if code:
         return code
 
-    originals = make_jpegs(BUNDLED / "Classic5", out / "jpeg", [10, 20])
-    print(f"\n== infer: {out / 'jpeg'} -> {out / 'restored'} (shipped model)")
+    originals = make_jpegs(BUNDLED / "Classic5", out / "jpeg", [10, 20], "L")
+    originals.update(make_jpegs(BUNDLED / "LIVE1_color", out / "jpeg", [10, 20], "RGB"))
+    print(f"\n== infer: {out / 'jpeg'} -> {out / 'restored'} (shipped models)")
     code = stage_main("infer", ["--input", str(out / "jpeg"), "--output", str(out / "restored"), "--overwrite"], prog="demo infer")
     if code:
         return code

@@ -109,39 +109,54 @@ class FastARCNN(nn.Module):
         return x + y if self.residual else y
 
 
+class _ResidualBlock(nn.Module):
+    """conv-ReLU-conv with a skip (EDSR: no normalisation). The second conv starts at zero, so a
+    new block is the identity and a deep stack trains from the first step."""
+
+    def __init__(self, width: int, padding_mode: str):
+        super().__init__()
+        self.a, self.b = _Conv(width, width, 3, padding_mode), _Conv(width, width, 3, padding_mode)
+        nn.init.kaiming_normal_(self.a.weight, nonlinearity="relu")
+        nn.init.zeros_(self.a.bias)
+        nn.init.zeros_(self.b.weight)
+        nn.init.zeros_(self.b.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(F.relu(self.a(x)))
+
+
 class UnshuffledCNN(nn.Module):
-    """A plain 3x3 convolution stack (DnCNN, Zhang et al. 2017) run on the image folded 2x2 into
+    """A 3x3 residual-block network (EDSR-style, no normalisation) run on the image folded 2x2 into
     channels (pixel-unshuffle, as FFDNet does), predicting the artifact residual.
 
-    Folding quarters the pixels each layer sees, so for ARCNN's cost (~106 k multiply-adds per
-    output pixel) the network gets 13 layers of width 64 and a 55-pixel receptive field instead of
-    4 layers and 19 pixels. The 2x2 grid divides JPEG's 8x8 blocks, so block edges stay at fixed
-    positions of the folded grid. The last layer starts at zero: training starts from the identity.
+    Folding quarters the pixels each layer sees, so for less than ARCNN's cost (93 k multiply-adds
+    per output pixel vs 106 k) the network gets 12 layers of width 64 and a 51-pixel receptive
+    field instead of 4 layers and 19 pixels. The 2x2 grid divides JPEG's 8x8 blocks, so block edges
+    stay at fixed positions of the folded grid. The output layer starts at zero: training starts
+    from the identity. Plain (block-less) stacks of this depth died under Adam here; see
+    docs/training.md.
     """
 
     arch = "unshuffled-cnn"
     stride = 2
 
-    def __init__(self, channels: int = 1, depth: int = 13, width: int = 64, padding_mode: str = "replicate"):
+    def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate"):
         super().__init__()
-        self.args = dict(channels=channels, depth=depth, width=width, padding_mode=padding_mode)
+        self.args = dict(channels=channels, blocks=blocks, width=width, padding_mode=padding_mode)
         folded = channels * 4
-        layers = [_Conv(folded, width, 3, padding_mode), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [_Conv(width, width, 3, padding_mode), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*layers)
+        self.inp = _Conv(folded, width, 3, padding_mode)
+        self.blocks = nn.Sequential(*[_ResidualBlock(width, padding_mode) for _ in range(blocks)])
         self.out = _Conv(width, folded, 3, padding_mode)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        # Each 3x3 layer adds one folded pixel (two image pixels) of context per side, plus the
-        # folding cell itself.
-        self.receptive_radius = 2 * depth + 1
+        # 2 + 2 * blocks 3x3 layers, each one folded pixel (two image pixels) of context per side,
+        # plus the folding cell itself.
+        self.receptive_radius = 2 * (2 + 2 * blocks) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        folded = F.pixel_unshuffle(_pad_to_even(x), 2)
-        residual = F.pixel_shuffle(self.out(self.body(folded)), 2)[..., :h, :w]
-        return x + residual
+        features = F.relu(self.blocks(F.relu(self.inp(F.pixel_unshuffle(_pad_to_even(x), 2)))))
+        return x + F.pixel_shuffle(self.out(features), 2)[..., :h, :w]
 
 
 ARCHITECTURES = {cls.arch: cls for cls in (ARCNN, FastARCNN, UnshuffledCNN)}

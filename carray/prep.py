@@ -147,7 +147,8 @@ def run_prep(cfg: PrepConfig) -> dict:
     src_fs, src_root = storage.resolve(cfg.input, cfg.s3())
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     extensions = LOSSLESS_EXTENSIONS + JPEG_EXTENSIONS if cfg.pairs else IMAGE_EXTENSIONS
-    paths = storage.list_files(src_fs, src_root, extensions)
+    sizes = storage.list_file_sizes(src_fs, src_root, extensions)
+    paths = sorted(sizes)
     if not paths:
         raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(extensions)})")
     items, failures = plan_items(paths, cfg.pairs)
@@ -162,6 +163,9 @@ def run_prep(cfg: PrepConfig) -> dict:
     storage.make_dirs(out_fs, out_root)
     connect(cfg.address)
     work = [dict(item, split=split) for split in ("train", "val") for item in by_split[split]]
+    # Largest files first: blocks run in order, so the long tasks start early and the last ones
+    # are short, and no core idles at the end waiting for one big image (LPT scheduling).
+    work.sort(key=lambda item: -(sizes[item["original"]] + sizes.get(item["jpeg"], 0)))
     results = _patchify_all(work, cfg, src_fs, src_root, out_fs, out_root)
     failures += [{"path": r["image"], "split": r["split"], "reason": r["reason"]} for r in results if r["reason"]]
     failures.sort(key=lambda f: f["path"])
