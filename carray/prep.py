@@ -28,7 +28,7 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 FAILURES_FILE = "_failures.jsonl"
 MANIFEST_FILE = "_prep.json"
 TEST_LIST_FILE = "test.txt"
-IMAGES_PER_BLOCK = 4  # images per task: short tasks keep both cores busy to the end
+IMAGES_PER_BLOCK = 8  # images per task; with the largest images first, the last tasks are short
 FLUSH_BYTES = 256 * 2**20  # a task writes a Parquet file whenever this much is pending
 
 
