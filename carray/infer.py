@@ -192,26 +192,21 @@ def shipped_model_files() -> dict[str, bytes]:
 def single_model_file(cfg) -> bytes:
     """The one model a job that works in one mode needs (evaluate, export): cfg.model, or the
     shipped model for cfg.color. Checked here so a bad file fails before any work."""
+    if cfg.model:
+        return model_files(cfg)["given"]
     from .model import load_model_bytes
 
-    if cfg.model:
-        fs, path = storage.resolve(cfg.model, cfg.s3())
-        try:
-            data = storage.read_bytes(fs, path)
-        except (FileNotFoundError, OSError) as exc:
-            raise storage.StorageError(f"{cfg.model}: cannot read the model ({exc})") from None
-    else:
-        kind = "color" if cfg.color else "gray"
-        shipped = shipped_model_files()
-        if kind not in shipped:
-            raise storage.StorageError(f"no shipped {kind} model; pass --model PATH")
-        data = shipped[kind]
-    load_model_bytes(data, cfg.model or "shipped model")
-    return data
+    kind = "color" if cfg.color else "gray"
+    shipped = shipped_model_files()
+    if kind not in shipped:
+        raise storage.StorageError(f"no shipped {kind} model; pass --model PATH")
+    load_model_bytes(shipped[kind], f"shipped {kind} model")
+    return shipped[kind]
 
 
-def model_files(cfg: InferConfig) -> dict[str, bytes]:
-    """Model bytes by kind, checked on the driver so a bad --model fails before any work."""
+def model_files(cfg) -> dict[str, bytes]:
+    """Model bytes by kind ({'given': ...} for cfg.model, else the shipped ones), checked on the
+    driver so a bad --model fails before any work. cfg: any job config with .model and .s3()."""
     from .model import load_model_bytes
 
     if cfg.model is None:
