@@ -26,11 +26,12 @@ from PIL import Image
 from carray import jpeg
 from carray.config import InferConfig
 from carray.images import decode_image, encode_image
+from carray.quality import jpeg_quality
 from carray.infer import run_infer
-from carray.model import build_model, save_model
+from carray.model import ARCHITECTURES, build_model, save_model
 from carray.restore import prepare_model, restore_image
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data" / "LIVE1_gray"
+from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, quality: int = 10) -> None:
@@ -46,14 +47,15 @@ def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, 
 
 
 def plain_loop(folder: Path, model_path: str, threads: int) -> float:
-    from carray.model import load_model
+    from carray.modelfiles import load_model
 
     torch.set_num_threads(threads)
     model = prepare_model(load_model(model_path)[0], torch.device("cpu"))
     started, pixels = time.perf_counter(), 0
     for path in sorted(folder.glob("*.jpg")):
-        image = decode_image(path.read_bytes())
-        encode_image(restore_image({"gray": model}, image), "png")
+        data = path.read_bytes()
+        image = decode_image(data)
+        encode_image(restore_image({"gray": model}, image, quality=jpeg_quality(data)), "png")
         pixels += image.pixels.shape[0] * image.pixels.shape[1]
     return pixels / 1e6 / (time.perf_counter() - started)
 
@@ -102,7 +104,7 @@ def peak_memory_of_job(src: Path, dst: Path, model_path: str, cpus: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="unshuffled-cnn", choices=["arcnn", "fast-arcnn", "unshuffled-cnn"])
+    parser.add_argument("--arch", default="unshuffled-cnn", choices=sorted(ARCHITECTURES))
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored: the job's fixed "
                         "start-up (two actor processes importing torch and loading the model, ~3 CPU-s) is then a small share")
     parser.add_argument("--cpus", type=int, default=2)
@@ -123,7 +125,7 @@ def main() -> None:
         summary = run_infer(InferConfig(input=str(tmp / "live1"), output=str(tmp / "live1-out"), model=model_path))
         ray.shutdown()
         ray_rate = summary["megapixels_per_second"]
-        print(f"{args.arch} on {summary['images']} LIVE1 JPEGs (each image {args.copies} times) ({summary['megapixels']:.1f} MP), {args.cpus} CPUs")
+        print(f"{args.arch} on {summary['seen']} LIVE1 JPEGs (each image {args.copies} times) ({summary['megapixels']:.1f} MP), {args.cpus} CPUs")
         print(f"plain PyTorch loop (decode, model, encode): {loop_rate:6.3f} MP/s")
         print(f"infer job (Ray Data, actor pool):          {ray_rate:6.3f} MP/s")
         print(f"ratio ray/loop: {ray_rate / loop_rate:.2f}")

@@ -18,7 +18,7 @@ from PIL import Image
 from carray.model import ARCHITECTURES, build_model, multiply_adds_per_pixel
 from carray.restore import prepare_model, restore_pixels
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data" / "LIVE1_gray"
+from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def megapixels_per_second(model, images: list[np.ndarray], repeats: int) -> float:

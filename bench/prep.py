@@ -25,7 +25,7 @@ from carray import prep
 from carray.config import PrepConfig, parse_split
 from carray.pairs import assign_split, pairs_from_clean, to_arrow
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data" / "LIVE1_gray"
+from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def make_input(source: Path, copies: int, into: Path) -> Path:

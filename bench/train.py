@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from carray.config import TrainConfig
-from carray.model import build_model
+from carray.model import ARCHITECTURES, build_model
 from carray.pairs import COMPRESSED, ORIGINAL, pairs_from_clean, to_arrow
 from carray.train import run_train, to_tensor
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data" / "LIVE1_gray"
+from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
 WINDOW = 10
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--arch", default="arcnn", choices=["arcnn", "fast-arcnn"])
+    parser.add_argument("--arch", default="arcnn", choices=sorted(ARCHITECTURES))
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,10 +24,14 @@ TRAIN_DESCRIPTION = (
     "checkpoint by validation PSNR gain), metrics.csv and loss.png."
 )
 INFER_DESCRIPTION = (
-    "Restore a collection of JPEGs (folder or s3://bucket/prefix, nested folders kept) into OUTPUT "
-    "with Ray Data: one restored file per input at the same relative path, written atomically; "
-    "bad files are listed in OUTPUT/_failures.jsonl and never stop the job; a re-run skips what "
-    "is done. Exits non-zero when the input is missing or empty, or when every image failed."
+    "Restore a collection of JPEGs (folder, s3://bucket/prefix, or a --manifest of keys) into OUTPUT "
+    "with Ray Data: one file per input at its relative path plus the format's extension, written "
+    "atomically. Each JPEG is restored at the quality its own quantization tables say; JPEGs of "
+    "quality 96 and above and images without tables (PNG, WebP, ...) are passed through unchanged "
+    "unless --quality-override is given. Bad files are listed in OUTPUT/_failures.jsonl and never "
+    "stop the job; OUTPUT/_summary.json counts every input (restored, passed through, skipped, "
+    "failed, with reasons); a re-run skips what is done. Exits non-zero when the input is missing "
+    "or empty, or when every image failed."
 )
 EVALUATE_DESCRIPTION = (
     "Compress each clean image at each quality, restore it, and score JPEG and carray against the "
@@ -41,6 +45,10 @@ EXPORT_DESCRIPTION = (
 )
 
 
+# Errors whose message already says what they are; others are prefixed with their kind.
+_PLAIN_ERRORS = ("JobError", "OptionError")
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -51,8 +59,8 @@ def _run_stage(cls, description: str, argv, prog, run: Callable, report: Callabl
     cfg = config.parse(cls, argv, description, prog)
     try:
         summary = run(cfg)
-    except (JobError, ValueError) as exc:  # ValueError: an option value the job cannot use
-        return _fail(str(exc))
+    except JobError as exc:  # what the user can fix: one line, no traceback (real bugs keep theirs)
+        return _fail(f"{type(exc).__name__}: {exc}" if type(exc).__name__ not in _PLAIN_ERRORS else str(exc))
     return report(summary, cfg)
 
 
@@ -80,7 +88,10 @@ def _report_infer(summary, cfg) -> int:
     from .infer import format_summary
 
     print(format_summary(summary))
-    if summary["failed"] and not summary["restored"] and not summary["skipped"]:
+    from .infer import SKIP_EXISTS
+
+    done = summary["restored"] + summary["passed_through"] + summary["skipped_by_reason"].get(SKIP_EXISTS, 0)
+    if summary["failed"] and not done:
         return _fail("every image failed; see _failures.jsonl", 1)
     return 0
 

@@ -11,7 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .images import DEFAULT_MAX_PIXELS
+from .errors import OptionError
+from .images import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from .model import ARCHITECTURES
+from .quality import PASS_THROUGH_FROM
 from .storage import S3Options
 
 
@@ -24,11 +27,19 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _own_fields_first(cls) -> list:
+    """The job's own options first, then those it shares with other jobs (declared in the base
+    classes below, which dataclasses list first)."""
+    shared = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
+
+
 def build_parser(cls, description: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    for f in dataclasses.fields(cls):
+    for f in _own_fields_first(cls):
         kwargs = dict(f.metadata.get("argparse", {}))
         kwargs["help"] = f.metadata.get("help", "")
         if f.default is dataclasses.MISSING:
@@ -48,17 +59,75 @@ def parse(cls, argv, description: str, prog: Optional[str] = None):
     return cls(**vars(args))
 
 
-# --- options every job that touches storage or Ray shares ---
+# --- options several jobs share: declared once, inherited (keyword-only, so order is free) ---
 
 _ENDPOINT_HELP = (
     "S3-compatible endpoint for s3:// locations (e.g. http://127.0.0.1:8333); defaults to "
-    "AWS_ENDPOINT_URL. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the "
-    "instance role, and reach every Ray worker with the filesystem object."
+    "AWS_ENDPOINT_URL. Credentials come from pyarrow's standard AWS chain: AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, web identity (IRSA) or the "
+    "instance role; they reach every Ray worker with the filesystem object."
 )
 _ADDRESS_HELP = (
     "Ray cluster to use: host:port, 'local' for a private one; default RAY_ADDRESS, else the "
     "cluster `ray start` recorded, else a private local one."
 )
+_GPU_HELP = (
+    "GPUs (--gpu) or CPUs (--no-gpu); default: GPUs when the cluster has them or its autoscaler can "
+    "start a node type that has them, else CPUs. The job log says which it chose and why."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageOptions:
+    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
+    create_bucket: bool = option(
+        False,
+        help="Create the output bucket if it does not exist. Without it a missing bucket is an error "
+        "before any work (a typo never becomes a new bucket).",
+    )
+
+    def s3(self) -> S3Options:
+        return S3Options(endpoint_url=self.endpoint_url, create_bucket=self.create_bucket)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions(StorageOptions):
+    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreOptions:
+    """How images are restored: shared by infer (which writes them) and evaluate (which scores them)."""
+
+    model: Optional[str] = option(None, help="Model file (local or s3://); default: the gray and colour models shipped in the package.")
+    quality_override: Optional[int] = option(
+        None,
+        help="Restore every input as if its JPEG tables said this quality (1-100), non-JPEGs included. "
+        "By default each JPEG is restored at the quality its own quantization tables say, and images "
+        "without tables (PNG, WebP, BMP, TIFF) are passed through unchanged. Use it for JPEGs whose "
+        "tables lie (re-saved at a high quality after heavy compression, edited) or for PNG "
+        "screenshots of JPEGs; a higher value restores more gently.",
+    )
+    pass_through_from: int = option(
+        PASS_THROUGH_FROM,
+        help="JPEGs whose tables say this quality or more are passed through unchanged (at such "
+        "qualities restoration gains nothing measurable); 101 restores them all.",
+    )
+    tile: int = option(512, help="Tile side in pixels: images are restored tile by tile (with overlap, no seams); no effect on the result.")
+    tta: bool = option(
+        False,
+        help="Self-ensemble: restore the 8 flips/90-degree rotations of each image and average them "
+        "(exact inverse transforms): a little better, 8 times the work.",
+    )
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression bombs); they are reported as failures.")
+    gpu: Optional[bool] = option(None, help=_GPU_HELP, action=argparse.BooleanOptionalAction)
+
+    def policy(self):
+        from .quality import Policy
+
+        if self.quality_override is not None and not 1 <= self.quality_override <= 100:
+            raise OptionError(f"--quality-override must be within 1..100, got {self.quality_override}")
+        return Policy(override=self.quality_override, pass_through_from=self.pass_through_from)
 
 
 def parse_qualities(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
@@ -72,7 +141,7 @@ def parse_qualities(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int
             lo, sep, hi = part.partition("-")
             bounds = (int(lo), int(hi)) if sep else (int(lo), int(lo))
             if not (1 <= bounds[0] <= bounds[1] <= 100):
-                raise ValueError(f"JPEG quality {part!r} is not within 1..100 (or A-B with A <= B)")
+                raise OptionError(f"JPEG quality {part!r} is not within 1..100 (or A-B with A <= B)")
             (ranges.append(bounds) if sep else fixed.append(bounds[0]))
     return tuple(fixed), tuple(ranges)
 
@@ -81,13 +150,13 @@ def parse_split(text: str) -> tuple[float, float, float]:
     """'70/20/10' -> (0.7, 0.2, 0.1)."""
     parts = [float(p) for p in text.replace(",", "/").split("/")]
     if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
-        raise ValueError(f"--split wants three non-negative numbers like 70/20/10, got {text!r}")
+        raise OptionError(f"--split wants three non-negative numbers like 70/20/10, got {text!r}")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class PrepConfig:
+@dataclass(frozen=True, kw_only=True)
+class PrepConfig(ClusterOptions):
     input: str = option(help="Folder or s3://bucket/prefix of clean images (or of pairs with --pairs).")
     output: str = option(help="Folder or s3://bucket/prefix for train/ and val/ Parquet, test.txt and _prep.json.")
     quality: tuple = option(
@@ -97,6 +166,13 @@ class PrepConfig:
         nargs="+",
     )
     range_samples: int = option(1, help="Qualities drawn per image from each --quality range (seeded by the image's path).")
+    double: tuple = option(
+        (),
+        help="Also make one double-compressed JPEG per image: first at a quality drawn from these "
+        "values/ranges (e.g. 10-95), then shifted 1-7 pixels (grids not aligned) and compressed again "
+        "at one of the image's --quality values. Patches record both qualities.",
+        nargs="*",
+    )
     pairs: bool = option(
         False,
         help="Inputs are pairs: name.bmp|png|tif beside name.jpg; the JPEGs are used as they are.",
@@ -107,15 +183,10 @@ class PrepConfig:
     split: str = option("70/20/10", help="Train/val/test shares by image, decided by a hash of each image's relative path.")
     seed: int = option(0, help="Seed of the split and of drawn qualities; same seed, same split.")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression bombs).")
-    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
-    address: Optional[str] = option(None, help=_ADDRESS_HELP)
-
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(ClusterOptions):
     data: str = option(help="The prep output (folder or s3://...) holding train/ and val/ Parquet.")
     output: str = option(help="Run folder (or s3://...): model.pt, metrics.csv, loss.png, and NAME/ with Ray Train's checkpoints.")
     name: str = option("train", help="Run name. Re-running with the same --output and --name resumes from the last checkpoint.")
@@ -123,7 +194,20 @@ class TrainConfig:
         "arcnn",
         help="Network: 'arcnn' (106 k multiply-adds/pixel), 'fast-arcnn' (16 k, faster, a little worse) or "
         "'unshuffled-cnn' (3x3 residual blocks on the 2x2-folded image: 93 k at the default size, deeper, needs --lr 3e-4).",
-        choices=("arcnn", "fast-arcnn", "unshuffled-cnn"),
+        choices=tuple(ARCHITECTURES),
+    )
+    quality_input: bool = option(
+        False,
+        help="unshuffled-cnn only: condition the network on each patch's JPEG quality (read from the "
+        "JPEG's tables at inference), so one model adapts its strength from q10 to q100.",
+    )
+    init_from: Optional[str] = option(
+        None,
+        help="Start from this model file's weights (local or s3://) instead of random ones: fine-tune "
+        "a shipped model on your images, or continue a long training. The network's architecture and "
+        "size are the file's (--arch/--blocks/--width are ignored); --quality-input adds the quality "
+        "conditioning, starting from the identity, if the file has none. A checkpoint of the same "
+        "--output/--name still takes precedence (resume).",
     )
     blocks: int = option(5, help="unshuffled-cnn only: residual blocks (two 3x3 convolutions each).")
     width: int = option(64, help="unshuffled-cnn only: channels per layer.")
@@ -131,7 +215,7 @@ class TrainConfig:
     padding_mode: str = option("replicate", help="Border padding of the convolutions; 'zeros' as the original (darkens borders).", choices=("replicate", "reflect", "zeros"))
     relu_output: bool = option(False, help="ARCNN only: a ReLU on the output layer, as the original had.")
     workers: int = option(1, help="Data-parallel training workers (DDP: NCCL on GPUs, gloo on CPUs).")
-    gpu: Optional[bool] = option(None, help="Train on GPUs; default: when the cluster has any.", action=argparse.BooleanOptionalAction)
+    gpu: Optional[bool] = option(None, help=_GPU_HELP, action=argparse.BooleanOptionalAction)
     threads: int = option(0, help="Torch threads per CPU worker; 0 = the cluster's CPUs divided among the workers.")
     steps: int = option(2000, help="Optimizer steps in all (a resumed run continues up to this).")
     batch_size: int = option(64, help="Patches per step per worker (the original used 1000 on a GPU).")
@@ -145,63 +229,63 @@ class TrainConfig:
     max_failures: int = option(2, help="Worker failures to recover from (restart from the last checkpoint) before giving up.")
     patch_size: Optional[int] = option(None, help="Expected patch size; the data is checked against it before any worker starts.")
     seed: int = option(0, help="Seed for weights initialisation.")
-    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
-    address: Optional[str] = option(None, help=_ADDRESS_HELP)
-
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url)
 
     def model_args(self, channels: int) -> dict:
-        if self.arch == "unshuffled-cnn":  # always residual
-            return dict(channels=channels, blocks=self.blocks, width=self.width, padding_mode=self.padding_mode)
-        args = dict(channels=channels, residual=self.residual, padding_mode=self.padding_mode)
-        if self.arch == "arcnn":
-            args["relu_output"] = self.relu_output
-        return args
+        """The constructor arguments of --arch, from the options its class lists; an option set
+        away from its default that the class does not take is an error, not silently ignored."""
+        cls = ARCHITECTURES[self.arch]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _ARCH_OPTIONS - set(cls.options):
+            if getattr(self, name) != defaults[name]:
+                raise OptionError(f"--{name.replace('_', '-')} has no effect on --arch {self.arch} (it takes: {', '.join(cls.options)})")
+        return dict(channels=channels, **{name: getattr(self, name) for name in cls.options})
 
 
-@dataclass(frozen=True)
-class InferConfig:
+_ARCH_OPTIONS = {name for cls in ARCHITECTURES.values() for name in cls.options}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferConfig(RestoreOptions, ClusterOptions):
     input: str = option(help="Folder or s3://bucket/prefix of JPEGs (any image format; nested folders are kept).")
-    output: str = option(help="Folder or s3://bucket/prefix for the restored images, at the same relative paths.")
-    model: Optional[str] = option(None, help="Model file (local or s3://); default: the gray and colour models shipped in the package.")
-    format: str = option("png", help="Output format; the extension changes to match.", choices=("png", "jpeg", "webp"))
+    output: str = option(
+        help="Folder or s3://bucket/prefix for the restored images: each input's relative path plus the "
+        "format's extension (photo.jpg -> photo.jpg.png), so no two inputs ever share an output."
+    )
+    manifest: Optional[str] = option(
+        None,
+        help="The keys to restore, relative to --input, instead of listing it: a text file (one key a line), "
+        "CSV or Parquet with a 'key' column, or an S3 Inventory manifest.json (CSV or Parquet parts). "
+        "Read by Ray Data in parallel: the way to run on buckets of millions of objects.",
+    )
+    format: str = option("png", help="Output format.", choices=tuple(OUTPUT_FORMATS))
     jpeg_quality: int = option(95, help="Quality of --format jpeg/webp outputs.")
-    tile: int = option(512, help="Tile side in pixels: images are restored tile by tile (with overlap, no seams), bounding memory.")
     overwrite: bool = option(False, help="Restore inputs whose output already exists (default: skip them).")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression bombs); they go to _failures.jsonl.")
+    retry_failed: bool = option(False, help="Restore only the inputs listed in OUTPUT/_failures.jsonl by the last run.")
+    include_hidden: bool = option(
+        False, help="Also restore files in hidden folders or with hidden names (starting with '.'); by default they are counted as skipped."
+    )
+    max_attempts: int = option(3, help="An image whose restoring actor dies this many times (out of memory?) becomes a failure line; the job goes on.")
     actors: int = option(0, help="Restoring actors (one model each); 0 = one per GPU, or one per CPU.")
-    gpu: Optional[bool] = option(None, help="Restore on GPUs; default: when the cluster has any.", action=argparse.BooleanOptionalAction)
-    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
-    address: Optional[str] = option(None, help=_ADDRESS_HELP)
-
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url)
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(RestoreOptions, ClusterOptions):
     images: str = option(help="Folder (or s3://...) of clean images, e.g. LIVE1 or Classic5.")
     output: str = option(help="Report folder: results.csv (per image), results.md (means), figures/.")
-    quality: tuple = option(("10", "20", "30", "40"), help="JPEG qualities to evaluate at.", nargs="+")
-    model: Optional[str] = option(None, help="Model file; default: the shipped model for the mode (gray or --color).")
-    color: bool = option(False, help="Evaluate RGB (PSNR on RGB, SSIM mean over channels); default: gray Y channel (MATLAB).")
-    figures: int = option(3, help="Side-by-side crops (original | JPEG | restored) for this many images, at the lowest quality.")
-    tile: int = option(512, help="Tile side for restoration (no effect on results).")
-    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
-    address: Optional[str] = option(None, help=_ADDRESS_HELP)
+    quality: tuple = option(("10", "20", "30", "40"), help="JPEG qualities to evaluate at (values or ranges, up to 100).", nargs="+")
+    double: tuple = option(
+        (),
+        help="Double-JPEG settings Q1,Q2 (e.g. 30,10): compressed at Q1, shifted by (4, 4) pixels, "
+        "compressed again at Q2 (FBCNN's non-aligned double JPEG); scored against the shifted original.",
+        nargs="*",
+    )
+    color: bool = option(False, help="Evaluate RGB (PSNR on RGB, SSIM mean over channels) with the colour model; default: gray Y channel (MATLAB).")
+    figures: int = option(3, help="Side-by-side crops (original | JPEG | restored) for this many images, at the first setting.")
 
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url)
 
-
-@dataclass(frozen=True)
-class ExportConfig:
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(StorageOptions):
     format: str = option(help="'onnx' (onnxruntime, TensorRT, browsers...) or 'torchscript' (libtorch, C++).", choices=("onnx", "torchscript"))
     model: Optional[str] = option(None, help="Model file (local or s3://); default: the shipped model for the mode (gray or --color).")
     color: bool = option(False, help="Export the shipped colour model instead of the gray one (when --model is not given).")
     output: Optional[str] = option(None, help="Output file; default: carray-gray.onnx / carray-gray.pt (or -color) in the current folder.")
-    endpoint_url: Optional[str] = option(None, help=_ENDPOINT_HELP)
-
-    def s3(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint_url)

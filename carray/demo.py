@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "tests" / "data"
+# The demo's images are the test images of a source checkout (they are not in the wheel: a
+# package install gets the models, not the data). --images points it at a copy elsewhere.
+CHECKOUT_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "data"
+NEEDED = ("LIVE1_gray", "Classic5", "LIVE1_color")
 
 
 def make_jpegs(clean: Path, out: Path, qualities: list[int], mode: str) -> dict[str, np.ndarray]:
@@ -36,13 +38,14 @@ def make_jpegs(clean: Path, out: Path, qualities: list[int], mode: str) -> dict[
 
 def report_gain(originals: dict[str, np.ndarray], jpegs: Path, restored: Path) -> None:
     from . import metrics
+    from .infer import output_name
 
     print(f"\n{'image':22s} {'mode':>5s} {'JPEG PSNR':>10s} {'carray PSNR':>12s} {'gain':>7s}")
     gains = []
     for rel, original in originals.items():
         mode = "RGB" if original.ndim == 3 else "L"
         before = metrics.psnr(original, np.asarray(Image.open(jpegs / rel).convert(mode)))
-        after = metrics.psnr(original, np.asarray(Image.open(restored / rel.replace(".jpg", ".png"))))
+        after = metrics.psnr(original, np.asarray(Image.open(restored / output_name(rel, "png"))))
         gains.append(after - before)
         print(f"{rel:22s} {mode:>5s} {before:10.2f} {after:12.2f} {after - before:+7.2f}")
     print(f"{'mean gain':22s} {'':5s} {'':10s} {'':12s} {np.mean(gains):+7.2f} dB")
@@ -51,20 +54,33 @@ def report_gain(originals: dict[str, np.ndarray], jpegs: Path, restored: Path) -
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo-output", help="where the demo writes")
+    parser.add_argument(
+        "--images", default=str(CHECKOUT_IMAGES),
+        help="folder holding LIVE1_gray/, Classic5/ and LIVE1_color/ (a source checkout's tests/data)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.output).resolve()
+    bundled = Path(args.images)
+    missing = [name for name in NEEDED if not (bundled / name).is_dir()]
+    if missing:
+        print(
+            f"error: the demo needs the bundled test images ({', '.join(missing)} not found in {bundled}). They come "
+            "with a source checkout (tests/data/); run `make demo` there, or pass --images FOLDER.",
+            file=sys.stderr,
+        )
+        return 2
 
     from .cli import stage_main
     from .runtime import connect
 
     connect("local", num_cpus=2)  # one private Ray for both jobs
-    print(f"== prep: {BUNDLED / 'LIVE1_gray'} -> {out / 'patches'}")
-    code = stage_main("prep", ["--input", str(BUNDLED / "LIVE1_gray"), "--output", str(out / "patches"), "--quality", "10", "30"], prog="demo prep")
+    print(f"== prep: {bundled / 'LIVE1_gray'} -> {out / 'patches'}")
+    code = stage_main("prep", ["--input", str(bundled / "LIVE1_gray"), "--output", str(out / "patches"), "--quality", "10", "30"], prog="demo prep")
     if code:
         return code
 
-    originals = make_jpegs(BUNDLED / "Classic5", out / "jpeg", [10, 20], "L")
-    originals.update(make_jpegs(BUNDLED / "LIVE1_color", out / "jpeg", [10, 20], "RGB"))
+    originals = make_jpegs(bundled / "Classic5", out / "jpeg", [10, 20], "L")
+    originals.update(make_jpegs(bundled / "LIVE1_color", out / "jpeg", [10, 20], "RGB"))
     print(f"\n== infer: {out / 'jpeg'} -> {out / 'restored'} (shipped models)")
     code = stage_main("infer", ["--input", str(out / "jpeg"), "--output", str(out / "restored"), "--overwrite"], prog="demo infer")
     if code:

@@ -11,14 +11,16 @@ import csv
 import io
 import time
 from dataclasses import asdict
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from . import jpeg, metrics, storage
 from .config import EvaluateConfig, parse_qualities
-from .images import IMAGE_EXTENSIONS, decode_image
-from .pairs import prepare_pixels
+from .images import IMAGE_EXTENSIONS, ImageError, decode_image
+from .pairs import double_compress, prepare_pixels
+from .quality import Policy, jpeg_quality
 
 SCORES = ("psnr", "ssim", "psnr_b")
 
@@ -27,22 +29,51 @@ def score(original: np.ndarray, test: np.ndarray) -> dict[str, float]:
     return {"psnr": metrics.psnr(original, test), "ssim": metrics.ssim(original, test), "psnr_b": metrics.psnr_b(original, test)}
 
 
-def evaluate_image(model, data: bytes, quality: int, color: bool, tile: int, device=None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """One clean image at one quality -> (scores row, original, JPEG, restored)."""
+DOUBLE_SHIFT = (4, 4)  # FBCNN's non-aligned double-JPEG benchmark
+
+
+def compress_for_test(original: np.ndarray, quality: int, first_quality: int = -1) -> tuple[np.ndarray, bytes]:
+    """The test input: (reference, JPEG bytes). Single: the original at `quality`. Double
+    (first_quality > 0): at `first_quality`, shifted by DOUBLE_SHIFT, then at `quality`; the
+    reference is the original shifted the same way."""
+    if first_quality > 0:
+        reference, _ = double_compress(original, first_quality, quality, DOUBLE_SHIFT)
+        dy, dx = DOUBLE_SHIFT
+        once = jpeg.roundtrip(original, first_quality)[dy:, dx:]
+        return reference, jpeg.compress(np.ascontiguousarray(once), quality)
+    return original, jpeg.compress(original, quality)
+
+
+def evaluate_image(
+    model, data: bytes, quality: int, color: bool, tile: int, device=None, first_quality: int = -1,
+    policy: Policy = Policy(), max_pixels: Optional[int] = None, tta: bool = False,
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """One clean image at one setting -> (scores row, reference, JPEG, result), the result being
+    what the infer job would write: restored at the quality the JPEG's own tables say, or the JPEG
+    itself where the policy passes it through."""
     from .restore import restore_pixels
 
-    original = prepare_pixels(decode_image(data, None).pixels, color)
-    degraded = jpeg.roundtrip(original, quality)
-    restored = restore_pixels(model, degraded, tile, device)
-    row = {f"jpeg_{k}": v for k, v in score(original, degraded).items()}
-    row.update({f"carray_{k}": v for k, v in score(original, restored).items()})
-    return row, original, degraded, restored
+    original = prepare_pixels(decode_image(data, max_pixels).pixels, color)
+    reference, jpeg_bytes = compress_for_test(original, quality, first_quality)
+    degraded = prepare_pixels(decode_image(jpeg_bytes, None).pixels, color)
+    use, passed = policy.decide(jpeg_quality(jpeg_bytes))
+    restored = degraded if passed else restore_pixels(model, degraded, tile, device, quality=use, tta=tta)
+    row = {f"jpeg_{k}": v for k, v in score(reference, degraded).items()}
+    row.update({f"carray_{k}": v for k, v in score(reference, restored).items()})
+    row["passed"] = passed
+    return row, reference, degraded, restored
+
+
+def setting_name(quality: int, first_quality: int) -> str:
+    return f"q{first_quality}>q{quality}" if first_quality > 0 else f"q{quality}"
 
 
 class Evaluator:
-    """map_batches callable class: one model per actor; scores (image, quality) rows."""
+    """map_batches callable class: one model per actor; scores (image, quality) rows. A row that
+    fails carries its reason in `error` instead of stopping the job; rows asked for a figure carry
+    its PNG bytes (so nothing is restored twice)."""
 
-    def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int):
+    def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False):
         import torch
 
         from .model import load_model_bytes
@@ -52,24 +83,38 @@ class Evaluator:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.model = prepare_model(load_model_bytes(model_file)[0], self.device)
-        self.fs, self.root, self.color, self.tile = fs, root, color, tile
+        self.fs, self.root, self.color, self.tile, self.policy, self.max_pixels, self.tta = fs, root, color, tile, policy, max_pixels, tta
 
     def __call__(self, batch: dict) -> dict:
         rows = []
-        for image, quality in zip(batch["image"], batch["quality"]):
-            data = storage.read_bytes(self.fs, storage.join(self.root, image))
-            row, *_ = evaluate_image(self.model, data, int(quality), self.color, self.tile, self.device)
-            rows.append({"image": image, "quality": int(quality), **row})
+        for image, quality, first, figure in zip(batch["image"], batch["quality"], batch["first_quality"], batch["figure"]):
+            out = {"image": image, "quality": int(quality), "first_quality": int(first), "setting": setting_name(int(quality), int(first)), "error": "", "figure": b""}
+            try:
+                data = storage.read_bytes(self.fs, storage.join(self.root, image))
+                row, reference, degraded, restored = evaluate_image(
+                    self.model, data, int(quality), self.color, self.tile, self.device, int(first), self.policy, self.max_pixels, self.tta
+                )
+                out.update(row)
+                if figure:
+                    out["figure"] = comparison_figure(reference, degraded, restored)
+            except Exception as exc:  # one bad image is a line in the report, not the end of the job
+                out.update({f"{who}_{k}": float("nan") for who in ("jpeg", "carray") for k in SCORES}, passed="")
+                out["error"] = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+            rows.append(out)
         return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Means per quality (per-image metrics averaged, never pooled)."""
+    """Means per setting (per-image metrics averaged, never pooled); failed rows left out."""
     table = []
-    for quality in sorted({r["quality"] for r in rows}):
-        group = [r for r in rows if r["quality"] == quality]
+    good = [r for r in rows if not r["error"]]
+    for first, quality in sorted({(r["first_quality"], r["quality"]) for r in good}):
+        group = [r for r in good if (r["first_quality"], r["quality"]) == (first, quality)]
         means = {k: float(np.mean([r[k] for r in group])) for k in group[0] if k.startswith(("jpeg_", "carray_"))}
-        table.append({"quality": quality, "images": len(group), **means})
+        table.append({
+            "setting": setting_name(quality, first), "quality": quality, "first_quality": first, "images": len(group),
+            "passed_through": sum(1 for r in group if r["passed"]), **means,
+        })
     return table
 
 
@@ -77,12 +122,14 @@ def markdown(table: list[dict], title: str) -> str:
     lines = [
         f"# {title}", "",
         "PSNR (dB) / SSIM / PSNR-B, per image then averaged; gain = carray PSNR - JPEG PSNR.", "",
-        "| quality | images | JPEG | carray | gain (dB) |", "|---|---|---|---|---|",
+        "Double JPEG (qA>qB): compressed at A, shifted by (4, 4), compressed at B; scored against the shifted original.",
+        "Passed through: images the default policy leaves as they are (their tables say a quality at or above its threshold).", "",
+        "| setting | images | passed through | JPEG | carray | gain (dB) |", "|---|---|---|---|---|---|",
     ]
     for r in table:
         jpeg_cell = f"{r['jpeg_psnr']:.2f} / {r['jpeg_ssim']:.4f} / {r['jpeg_psnr_b']:.2f}"
         ours = f"{r['carray_psnr']:.2f} / {r['carray_ssim']:.4f} / {r['carray_psnr_b']:.2f}"
-        lines.append(f"| q{r['quality']} | {r['images']} | {jpeg_cell} | {ours} | {r['carray_psnr'] - r['jpeg_psnr']:+.2f} |")
+        lines.append(f"| {r['setting']} | {r['images']} | {r['passed_through']} | {jpeg_cell} | {ours} | {r['carray_psnr'] - r['jpeg_psnr']:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,39 +150,64 @@ def comparison_figure(original: np.ndarray, degraded: np.ndarray, restored: np.n
     return buf.getvalue()
 
 
+def parse_double(values) -> list[tuple[int, int]]:
+    """['30,10', '50,20'] -> [(30, 10), (50, 20)]: (first quality, second quality)."""
+    pairs = []
+    for value in values:
+        first, sep, second = str(value).partition(",")
+        try:
+            pair = (int(first), int(second))
+        except ValueError:
+            raise ValueError(f"--double wants Q1,Q2 pairs such as 30,10; got {value!r}") from None
+        if not sep or not all(1 <= q <= 100 for q in pair):
+            raise ValueError(f"--double wants Q1,Q2 pairs of qualities within 1..100; got {value!r}")
+        pairs.append(pair)
+    return pairs
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    from .model import load_model_bytes
-    from .runtime import connect
+    from .modelfiles import single_model_file
+    from .runtime import connect, plan_pool
 
     started = time.time()
     fixed, ranges = parse_qualities(cfg.quality)
     qualities = sorted(set(fixed) | {q for lo, hi in ranges for q in range(lo, hi + 1)})
+    settings = [(q, -1) for q in qualities] + [(second, first) for first, second in parse_double(cfg.double)]
+    policy = cfg.policy()
     fs, root = storage.resolve(cfg.images, cfg.s3())
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     images = storage.list_files(fs, root, IMAGE_EXTENSIONS)
     if not images:
         raise storage.StorageError(f"{cfg.images}: no images found")
-    from .infer import single_model_file
-
-    model_file = single_model_file(cfg)
+    model_file = single_model_file(cfg.model, cfg.color, cfg.s3())
+    storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     connect(cfg.address)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    items = [{"image": image, "quality": q} for image in images for q in qualities]
+    pool = plan_pool(actors=0, gpu=cfg.gpu)
+    figure_setting = settings[0]
+    items = [
+        {"image": image, "quality": q, "first_quality": first, "figure": (q, first) == figure_setting and image in images[: cfg.figures]}
+        for image in images for q, first in settings
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         Evaluator,
-        fn_constructor_kwargs=dict(model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=1),
-        compute=ActorPoolStrategy(min_size=max(1, cpus), max_size=max(1, cpus)),
+        fn_constructor_kwargs=dict(
+            model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=pool.threads, policy=policy, max_pixels=cfg.max_pixels, tta=cfg.tta
+        ),
+        compute=ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
         batch_size=1,
-        num_cpus=0.5,  # leave room for the other tasks on small nodes (see infer)
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus,
     )
-    rows = sorted(ds.take_all(), key=lambda r: (r["image"], r["quality"]))
+    rows = sorted(ds.take_all(), key=lambda r: (r["image"], r["first_quality"], r["quality"]))
+    figures = {r["image"]: r.pop("figure") for r in rows}
+    for r in rows:
+        r.pop("figure", None)
     table = summarize(rows)
 
-    storage.make_dirs(out_fs, out_root)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -143,12 +215,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "results.csv"), buf.getvalue().encode())
     mode = "colour (RGB)" if cfg.color else "gray (Y)"
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "results.md"), markdown(table, f"{cfg.images}, {mode}").encode())
-
-    model = load_model_bytes(model_file)[0].eval()
-    for image in images[: cfg.figures]:
-        _, original, degraded, restored = evaluate_image(model, storage.read_bytes(fs, storage.join(root, image)), qualities[0], cfg.color, cfg.tile)
-        name = image.replace("/", "_").rsplit(".", 1)[0] + f"_q{qualities[0]}.png"
-        storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), comparison_figure(original, degraded, restored))
-    summary = {"images": len(images), "qualities": qualities, "table": table, "seconds": round(time.time() - started, 1), "config": asdict(cfg)}
+    for image, png in figures.items():
+        if png:
+            name = image.replace("/", "_").rsplit(".", 1)[0] + f"_{setting_name(figure_setting[0], figure_setting[1]).replace('>', '-')}.png"
+            storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), png)
+    failures = [{"image": r["image"], "setting": r["setting"], "reason": r["error"]} for r in rows if r["error"]]
+    summary = {
+        "images": len(images), "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,
+        "seconds": round(time.time() - started, 1), "config": asdict(cfg),
+    }
     storage.write_json(out_fs, storage.join(out_root, "summary.json"), summary)
     return summary

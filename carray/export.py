@@ -1,7 +1,9 @@
 """Export a carray model for use outside Ray and Python: ONNX or TorchScript. No Ray here.
 
 The exported graph takes float32 (n, c, h, w) on [0, 1] for any n, h, w >= 1 (c = 1 for gray Y,
-3 for RGB) and returns the restored image of the same shape, clamped to [0, 1]. Whole images go
+3 for RGB) and returns the restored image of the same shape, clamped to [0, 1]. Models conditioned
+on JPEG quality take a second input, ``quality``: float32 (n,), each image's IJG quality 1..100 as
+its quantization tables say (carray.quality.jpeg_quality reads it). Whole images go
 through in one call; for very large ones, tile with an overlap of `receptive_radius` pixels (stored
 in the file's metadata) as carray.patches.apply_tiled does.
 """
@@ -12,6 +14,8 @@ import logging
 import os
 import tempfile
 import time
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -33,8 +37,8 @@ class Clamped(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).clamp(0.0, 1.0)
+    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(x, quality).clamp(0.0, 1.0)
 
 
 def _metadata(model: nn.Module, training: dict) -> dict:
@@ -42,7 +46,8 @@ def _metadata(model: nn.Module, training: dict) -> dict:
         "carray_arch": model.arch,
         "carray_args": json.dumps(model.args, sort_keys=True),
         "carray_receptive_radius": str(model.receptive_radius),
-        "carray_input": "float32 (n, c, h, w) on [0, 1]; c=1 gray Y (MATLAB BT.601), c=3 RGB",
+        "carray_input": "float32 (n, c, h, w) on [0, 1]; c=1 gray Y (MATLAB BT.601), c=3 RGB"
+        + ("; quality: float32 (n,), IJG JPEG quality 1..100 from the file's tables" if model.takes_quality else ""),
         "carray_training": json.dumps(training, sort_keys=True, default=str),
     }
 
@@ -59,16 +64,19 @@ def export_onnx(model: nn.Module, training: dict, path: str) -> None:
     # The exporter logs one line per missing torchvision op; none of them is ours.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     channels = model.args["channels"]
-    example = torch.rand(1, channels, 40, 56)
+    example = torch.rand(2, channels, 40, 56)
     batch, height, width = (torch.export.Dim(name, min=1, max=1 << 16) for name in ("batch", "height", "width"))
+    args, names, shapes = (example,), ["image"], ({0: batch, 2: height, 3: width},)
+    if model.takes_quality:
+        args, names, shapes = (example, torch.tensor([10.0, 90.0])), names + ["quality"], shapes + ({0: batch},)
     program = torch.onnx.export(
         Clamped(model).eval(),
-        (example,),
+        args,
         dynamo=True,
         opset_version=ONNX_OPSET,
-        input_names=["image"],
+        input_names=names,
         output_names=["restored"],
-        dynamic_shapes=({0: batch, 2: height, 3: width},),
+        dynamic_shapes=shapes,
         verbose=False,
     )
     proto = program.model_proto
@@ -76,20 +84,24 @@ def export_onnx(model: nn.Module, training: dict, path: str) -> None:
     onnx.save(proto, path)
 
 
-def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def reference_output(model: nn.Module, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
     with torch.inference_mode():
-        return Clamped(model).eval()(x)
+        return Clamped(model).eval()(x, quality)
 
 
-def run_exported(path: str, fmt: str, x: torch.Tensor) -> torch.Tensor:
-    """Run an exported file the way a user outside carray would (TorchScript or onnxruntime)."""
+def run_exported(path: str, fmt: str, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run an exported file the way a user outside carray would (TorchScript or onnxruntime).
+    `quality` (n,) for models conditioned on it."""
     if fmt == "torchscript":
         with torch.inference_mode():
-            return torch.jit.load(path)(x)
+            return torch.jit.load(path)(x, quality)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    feeds = {"image": x.numpy()}
+    if quality is not None:
+        feeds["quality"] = quality.numpy().astype("float32")
+    return torch.from_numpy(session.run(None, feeds)[0])
 
 
 def check_export(model: nn.Module, path: str, fmt: str, seed: int = 0) -> float:
@@ -99,7 +111,8 @@ def check_export(model: nn.Module, path: str, fmt: str, seed: int = 0) -> float:
     worst = 0.0
     for shape in ((1, channels, 37, 53), (2, channels, 64, 48)):
         x = torch.rand(shape, generator=generator)
-        worst = max(worst, (run_exported(path, fmt, x) - reference_output(model, x)).abs().max().item())
+        quality = torch.randint(5, 100, (shape[0],), generator=generator).float() if model.takes_quality else None
+        worst = max(worst, (run_exported(path, fmt, x, quality) - reference_output(model, x, quality)).abs().max().item())
     return worst
 
 
@@ -140,8 +153,8 @@ def export_model(model_file: bytes, name: str, fmt: str, output: str, tolerance:
 
 
 def run_export(cfg) -> dict:
-    from .infer import single_model_file
+    from .modelfiles import single_model_file
 
     kind = "color" if cfg.color else "gray"
     output = cfg.output or f"carray-{kind}.{'onnx' if cfg.format == 'onnx' else 'pt'}"
-    return export_model(single_model_file(cfg), cfg.model or f"shipped {kind} model", cfg.format, output)
+    return export_model(single_model_file(cfg.model, cfg.color, cfg.s3()), cfg.model or f"shipped {kind} model", cfg.format, output)

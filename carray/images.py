@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 256_000_000
 
 #: File extensions treated as images when listing folders and buckets.
-IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
 
 # Output format name -> (Pillow format, file extension).
 OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}

@@ -1,49 +1,99 @@
 """infer: restore a JPEG collection from a folder or bucket into another, on Ray Data.
 
-    read_binary_files (keeps the path) -> decode (CPU tasks) -> Restorer (actor pool, one model
-    per actor, GPUs when present) -> encode (CPU tasks) -> ImageSink (one file per input)
+    keys (a --manifest read by Ray Data, or the input listed into Parquet parts as it is walked)
+    -> plan (tasks: output name, already done?) -> read + decode (tasks) -> Restorer (actor pool,
+    one model per actor, GPUs when present) -> encode (tasks) -> ImageSink (one file per input)
 
-Every input ends as exactly one output at the same relative path, or one line in
-``_failures.jsonl``; outputs appear atomically; a re-run skips inputs whose output exists.
-Rows carry an ``error`` column: a stage that fails on one image records why and passes the row
-on, so bad input never stops the job.
+Nothing on the driver grows with the collection: keys stream from storage, each row computes its
+own output name (:func:`output_name`) and checks its own output, and the write tasks record the
+failures as they go (parts in ``OUTPUT/_carray/failures/``, merged into ``_failures.jsonl`` at the
+end; readable even if the driver died). Every input is accounted for in ``_summary.json``:
+restored, passed through (by reason), skipped (by reason) or failed. Rows carry an ``error``
+column: a stage that fails on one image records why and passes the row on, so bad input never
+stops the job; an image whose actor dies ``--max-attempts`` times becomes a failure line.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
+import threading
 import time
+import uuid
 from dataclasses import asdict
-from importlib import resources
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 from ray.data import Datasink
 
-from . import storage
+from . import __version__, storage
 from .config import InferConfig
+from .errors import OptionError
 from .images import IMAGE_EXTENSIONS, OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image
+from .modelfiles import model_files
+from .quality import Policy, jpeg_quality
 
-FAILURES_FILE = "_failures.jsonl"
+FAILURES_FILE = storage.FAILURES_FILE
 SUMMARY_FILE = "_summary.json"
-SHIPPED_MODELS = ("gray", "color")
+WORK_DIR = "_carray"  # inside the output: the listing's parts and the failure parts of this run
+LISTING_PART_ROWS = 100_000  # keys per Parquet part of a listing: bounds the driver's memory
+PROGRESS_EVERY_S = 10.0
+# Rows per block after planning: blocks are the unit Ray Data hands to a task or an actor, and a
+# listing part of 100 k keys left whole would go through one actor.
+ROWS_PER_BLOCK = 4
+
+SKIP_EXISTS = "output exists (--overwrite restores it again)"
+SKIP_HIDDEN = "hidden: a folder or file name starts with '.' (--include-hidden restores it)"
+SKIP_NOT_IMAGE = "not an image file name (" + " ".join(IMAGE_EXTENSIONS) + ", any case)"
+KILLED = "killed while restoring, {} times (out of memory? lower --tile or --max-pixels)"
+
+
+# --- naming and classification: per key, no global state ---
+
+
+def output_name(relative_path: str, fmt: str) -> str:
+    """The output's relative path: the input's own path plus the format's extension
+    (photo.jpg -> photo.jpg.png). One input, one output, decided by the row alone: a.jpg and
+    a.png can never write the same file, whatever else the collection holds."""
+    return relative_path + OUTPUT_FORMATS[fmt][1]
+
+
+def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
+    """Why a key is not restored at all ("" when it is a candidate)."""
+    if not include_hidden and any(part.startswith(".") for part in relative_path.split("/")):
+        return SKIP_HIDDEN
+    if not relative_path.lower().endswith(IMAGE_EXTENSIONS):
+        return SKIP_NOT_IMAGE
+    return ""
+
 
 # --- rows: Arrow-friendly columns between the stages ---
 
 
-def _empty_row(path: str, error: str) -> dict:
-    return {"path": path, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"", "exif": b"", "error": error, "node": ""}
+NO_QUALITY = -1  # the row's file has no JPEG quantization tables
 
 
-def to_row(path: str, image: DecodedImage) -> dict:
-    h, w = image.pixels.shape[:2]
+def _empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dict:
     return {
-        "path": path, "pixels": image.pixels.tobytes(), "height": h, "width": w,
-        "channels": 3 if image.is_color else 1,
-        "alpha": b"" if image.alpha is None else image.alpha.tobytes(),
-        "icc": image.icc or b"", "exif": image.exif or b"", "error": "", "node": "",
+        "path": path, "output": output, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"",
+        "exif": b"", "quality": NO_QUALITY, "error": error, "skipped": skipped, "passed": "", "node": "",
     }
+
+
+def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] = None) -> dict:
+    """quality: the IJG quality the file's tables say, None when it has none."""
+    h, w = image.pixels.shape[:2]
+    row = _empty_row(path, output)
+    row.update(
+        pixels=image.pixels.tobytes(), height=h, width=w, channels=3 if image.is_color else 1,
+        alpha=b"" if image.alpha is None else image.alpha.tobytes(), icc=image.icc or b"", exif=image.exif or b"",
+        quality=NO_QUALITY if quality is None else int(quality),
+    )
+    return row
 
 
 def from_row(row: dict) -> DecodedImage:
@@ -54,23 +104,45 @@ def from_row(row: dict) -> DecodedImage:
     return DecodedImage(pixels=pixels, alpha=alpha, icc=bytes(row["icc"]) or None, exif=bytes(row["exif"]) or None)
 
 
-def decode_row(row: dict, *, root: str, max_pixels: Optional[int]) -> dict:
-    """map() stage: file bytes -> pixels, or the reason it cannot be decoded."""
-    path = posixpath.relpath(row["path"], root) if root else row["path"]
+def plan_batch(batch: dict, *, fmt: str, dst_fs: pafs.FileSystem, dst_root: str, overwrite: bool, include_hidden: bool) -> dict:
+    """map_batches stage: key -> (path, output, skipped). "Already done" is decided here, per row,
+    by looking for the row's own output."""
+    paths = [str(p) for p in batch["key"]]
+    outputs = [output_name(p, fmt) for p in paths]
+    skipped = [skip_reason(p, include_hidden) for p in paths]
+    if not overwrite:
+        candidates = [i for i, reason in enumerate(skipped) if not reason]
+        infos = dst_fs.get_file_info([storage.join(dst_root, outputs[i]) for i in candidates]) if candidates else []
+        for i, info in zip(candidates, infos):
+            if info.type == pafs.FileType.File:
+                skipped[i] = SKIP_EXISTS
+    return {"path": paths, "output": outputs, "skipped": skipped}
+
+
+def read_and_decode(row: dict, *, src_fs: pafs.FileSystem, src_root: str, max_pixels: Optional[int]) -> dict:
+    """map() stage: read the input's bytes and decode them, or say why not."""
+    path, output = row["path"], row["output"]
+    if row["skipped"]:
+        return _empty_row(path, output, skipped=row["skipped"])
     try:
-        return to_row(path, decode_image(row["bytes"], max_pixels))
+        data = storage.read_bytes(src_fs, storage.join(src_root, path))
+    except (OSError, storage.StorageError) as exc:
+        return _empty_row(path, output, error=f"cannot read: {exc}")
+    try:
+        return to_row(path, output, decode_image(data, max_pixels), jpeg_quality(data))
     except ImageError as exc:
-        return _empty_row(path, str(exc))
+        return _empty_row(path, output, error=str(exc))
     except MemoryError:
-        return _empty_row(path, "out of memory while decoding (lower --max-pixels or add memory)")
+        return _empty_row(path, output, error="out of memory while decoding (lower --max-pixels or add memory)")
     except Exception as exc:  # last resort: one bad file must never stop the job
-        return _empty_row(path, f"cannot decode: {type(exc).__name__}: {exc}")
+        return _empty_row(path, output, error=f"cannot decode: {type(exc).__name__}: {exc}")
 
 
 def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
-    """map() stage: restored pixels -> output file bytes."""
-    out = {"path": row["path"], "data": b"", "megapixels": 0.0, "error": row["error"], "node": row["node"]}
-    if row["error"]:
+    """map() stage: restored (or passed-through) pixels -> output file bytes."""
+    out = {k: row[k] for k in ("path", "output", "error", "skipped", "passed", "node")}
+    out.update(data=b"", megapixels=0.0)
+    if row["error"] or row["skipped"]:
         return out
     try:
         image = from_row(row)
@@ -81,10 +153,46 @@ def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
     return out
 
 
-class Restorer:
-    """map_batches callable class: loads the models once per actor, restores one image per call."""
+# --- the job's shared state: attempts per image and progress counts (one small actor) ---
 
-    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int):
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class JobTracker:
+    """Counts restoring attempts per image (only while the image is in flight, so its size is
+    bounded by the pool, not the collection) and the write tasks' running totals for the
+    progress line."""
+
+    def __init__(self):
+        self.attempts: dict[str, int] = {}
+        self.totals: dict[str, float] = {}
+
+    def begin(self, path: str) -> int:
+        self.attempts[path] = self.attempts.get(path, 0) + 1
+        return self.attempts[path]
+
+    def end(self, path: str) -> None:
+        self.attempts.pop(path, None)
+
+    def in_flight(self) -> dict[str, int]:
+        return dict(self.attempts)
+
+    def add(self, counts: dict) -> None:
+        for key, value in counts.items():
+            if isinstance(value, (int, float)):
+                self.totals[key] = self.totals.get(key, 0) + value
+
+    def snapshot(self) -> dict:
+        return dict(self.totals)
+
+
+class Restorer:
+    """map_batches callable class: loads the models once per actor, restores one image per call
+    at the quality its JPEG tables say, or passes it through as the :class:`Policy` decides.
+
+    An image whose actor died while restoring it is tried again by Ray; the tracker counts the
+    attempts, and after `max_attempts` the image becomes a failure line instead."""
+
+    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, policy: Policy, tracker, max_attempts: int, tta: bool = False):
         import torch
 
         from .model import load_model_bytes
@@ -94,7 +202,7 @@ class Restorer:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.models = {kind: prepare_model(load_model_bytes(data, kind)[0], self.device) for kind, data in model_files.items()}
-        self.tile = tile
+        self.tile, self.policy, self.tracker, self.max_attempts, self.tta = tile, policy, tracker, max_attempts, tta
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
     def __call__(self, batch: dict) -> dict:
@@ -102,16 +210,25 @@ class Restorer:
 
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["path"]))]
         for row in rows:
-            if row["error"]:
+            if row["error"] or row["skipped"]:
+                continue
+            quality, passed = self.policy.decide(None if row["quality"] == NO_QUALITY else int(row["quality"]))
+            if passed:  # the decoded pixels go out as they came in
+                row["passed"] = passed
+                continue
+            attempt = ray.get(self.tracker.begin.remote(row["path"]))
+            if attempt > self.max_attempts:  # its count stays: a retried batch fails it again at once
+                row.update(_empty_row(row["path"], row["output"], error=KILLED.format(attempt - 1)))
                 continue
             try:
-                restored = restore_image(self.models, from_row(row), self.tile, self.device)
+                restored = restore_image(self.models, from_row(row), self.tile, self.device, quality, self.tta)
                 row["pixels"] = restored.pixels.tobytes()
                 row["node"] = self.node
             except MemoryError:
-                row.update(_empty_row(row["path"], "out of memory while restoring (lower --tile)"))
+                row.update(_empty_row(row["path"], row["output"], error="out of memory while restoring (lower --tile)"))
             except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl
-                row.update(_empty_row(row["path"], f"restoration failed: {type(exc).__name__}: {exc}"))
+                row.update(_empty_row(row["path"], row["output"], error=f"restoration failed: {type(exc).__name__}: {exc}"))
+            self.tracker.end.remote(row["path"])
         return {k: [row[k] for row in rows] for k in batch}
 
 
@@ -119,107 +236,56 @@ class Restorer:
 
 
 class ImageSink(Datasink):
-    """Writes one file per input at its relative path (extension changed), atomically; rows with
-    an error become failure records. The driver's copy collects every task's results."""
+    """Writes one file per input at its output name, atomically, and this write task's failure
+    lines as one part file; returns small counts only, so the driver holds nothing per image."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, names: dict[str, str]):
-        self.fs, self.root, self.names = fs, root, names
-        self.written: int = 0
-        self.megapixels: float = 0.0
-        self.failures: list[dict] = []
-        self.nodes: set[str] = set()
+    def __init__(self, fs: pafs.FileSystem, root: str, tracker=None):
+        self.fs, self.root, self.tracker = fs, root, tracker
+        self.totals: dict = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
 
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
 
-        result = {"written": 0, "megapixels": 0.0, "failures": [], "nodes": set()}
+        counts = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
+        failures = []
         for block in blocks:
             for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
-                path = row["path"]
+                if row["skipped"]:
+                    counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
+                    continue
+                if not row["error"]:
+                    try:
+                        storage.write_bytes_atomic(self.fs, storage.join(self.root, row["output"]), row["data"])
+                    except OSError as exc:
+                        row = dict(row, error=f"cannot write the output: {exc}")
                 if row["error"]:
-                    result["failures"].append({"path": path, "reason": row["error"]})
-                    continue
-                try:
-                    storage.write_bytes_atomic(self.fs, storage.join(self.root, self.names[path]), row["data"])
-                except OSError as exc:
-                    result["failures"].append({"path": path, "reason": f"cannot write the output: {exc}"})
-                    continue
-                result["written"] += 1
-                result["megapixels"] += row["megapixels"]
-                result["nodes"].add(row["node"])
-        return result
+                    failures.append({"path": row["path"], "reason": row["error"]})
+                    counts["failed"] += 1
+                elif row["passed"]:
+                    counts["passed"][row["passed"]] = counts["passed"].get(row["passed"], 0) + 1
+                else:
+                    counts["restored"] += 1
+                    counts["megapixels"] += row["megapixels"]
+                    counts["nodes"].add(row["node"])
+        if failures:  # on storage now: a driver that dies later loses none of them
+            storage.write_jsonl(self.fs, storage.join(self.root, WORK_DIR, "failures", f"{uuid.uuid4().hex}.jsonl"), failures)
+        if self.tracker is not None:
+            flat = {"restored": counts["restored"], "failed": counts["failed"], "megapixels": counts["megapixels"],
+                    "passed": sum(counts["passed"].values()), "skipped": sum(counts["skipped"].values())}
+            self.tracker.add.remote(flat)
+        return counts
 
     def on_write_complete(self, write_result) -> None:
         for r in write_result.write_returns:
-            self.written += r["written"]
-            self.megapixels += r["megapixels"]
-            self.failures.extend(r["failures"])
-            self.nodes |= r["nodes"]
+            for key in ("restored", "failed", "megapixels"):
+                self.totals[key] += r[key]
+            for key in ("passed", "skipped"):
+                for reason, n in r[key].items():
+                    self.totals[key][reason] = self.totals[key].get(reason, 0) + n
+            self.totals["nodes"] |= r["nodes"]
 
 
-# --- planning (driver, no Ray) ---
-
-
-def output_names(relative_paths: list[str], fmt: str) -> dict[str, str]:
-    """Input relative path -> output relative path with the format's extension.
-
-    Inputs that would collide (photo.jpg and photo.png) keep their own extension in front
-    (photo.jpg.png), so that no two inputs ever share an output.
-    """
-    ext = OUTPUT_FORMATS[fmt][1]
-    stems: dict[str, int] = {}
-    for rel in relative_paths:
-        stem = posixpath.splitext(rel)[0]
-        stems[stem] = stems.get(stem, 0) + 1
-    return {rel: (posixpath.splitext(rel)[0] if stems[posixpath.splitext(rel)[0]] == 1 else rel) + ext for rel in relative_paths}
-
-
-def _existing_outputs(fs: pafs.FileSystem, root: str, fmt: str) -> set[str]:
-    if not storage.exists(fs, root):
-        return set()
-    return set(storage.list_files(fs, root, (OUTPUT_FORMATS[fmt][1],)))
-
-
-def shipped_model_files() -> dict[str, bytes]:
-    """The default models in the package: {'gray': bytes, 'color': bytes} (those present)."""
-    folder = resources.files("carray") / "models"
-    found = {kind: (folder / f"{kind}.pt").read_bytes() for kind in SHIPPED_MODELS if (folder / f"{kind}.pt").is_file()}
-    if not found:
-        raise storage.StorageError("no model shipped in the package (carray/models/*.pt); pass --model PATH")
-    return found
-
-
-def single_model_file(cfg) -> bytes:
-    """The one model a job that works in one mode needs (evaluate, export): cfg.model, or the
-    shipped model for cfg.color. Checked here so a bad file fails before any work."""
-    if cfg.model:
-        return model_files(cfg)["given"]
-    from .model import load_model_bytes
-
-    kind = "color" if cfg.color else "gray"
-    shipped = shipped_model_files()
-    if kind not in shipped:
-        raise storage.StorageError(f"no shipped {kind} model; pass --model PATH")
-    load_model_bytes(shipped[kind], f"shipped {kind} model")
-    return shipped[kind]
-
-
-def model_files(cfg) -> dict[str, bytes]:
-    """Model bytes by kind ({'given': ...} for cfg.model, else the shipped ones), checked on the
-    driver so a bad --model fails before any work. cfg: any job config with .model and .s3()."""
-    from .model import load_model_bytes
-
-    if cfg.model is None:
-        files = shipped_model_files()
-    else:
-        fs, path = storage.resolve(cfg.model, cfg.s3())
-        try:
-            files = {"given": storage.read_bytes(fs, path)}
-        except OSError as exc:
-            raise storage.StorageError(f"{cfg.model}: cannot read the model ({exc})") from None
-    for kind, data in files.items():
-        load_model_bytes(data, cfg.model or f"shipped {kind} model")
-    return files
+# --- where the keys come from (driver) ---
 
 
 def _check_locations(cfg: InferConfig, src_root: str, dst_root: str) -> None:
@@ -228,89 +294,260 @@ def _check_locations(cfg: InferConfig, src_root: str, dst_root: str) -> None:
         raise storage.StorageError(f"{cfg.output} is inside {cfg.input}: a re-run would read its own outputs; choose another output")
 
 
-def _pool(cfg: InferConfig) -> tuple[int, float, float, int]:
-    """(actors, CPUs per actor, GPUs per actor, torch threads per actor).
+def list_into_parts(src_fs, src_root: str, dst_fs, listing_root: str, include_hidden: bool, say=print) -> tuple[list[str], int, dict]:
+    """Walk the input one folder at a time and write the keys to restore as Parquet parts of
+    LISTING_PART_ROWS keys: the driver never holds the whole listing. Returns (part paths,
+    keys written, {skip reason: count} for what was listed but not written)."""
+    storage.delete_dir_if_exists(dst_fs, listing_root)
+    parts, batch, written, skipped = [], [], 0, {}
+    last_said = time.monotonic()
 
-    CPU actors ask for half a CPU each, so on a small node they never take every CPU from the
-    read, decode and write tasks (a pool of whole-CPU actors on 2 CPUs starves them and hangs).
-    """
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
-    use_gpu = gpus > 0 if cfg.gpu is None else cfg.gpu
-    if use_gpu:
-        if gpus < 1:
-            raise storage.StorageError("--gpu was asked for, but the cluster has no GPU")
-        return cfg.actors or int(gpus), 1.0, 1.0, 1
-    actors = cfg.actors or max(1, int(cpus))
-    return actors, 0.5, 0.0, max(1, int(cpus // actors))
+    def flush():
+        nonlocal batch
+        path = storage.join(listing_root, f"part-{len(parts):06d}.parquet")
+        with storage.atomic_output(dst_fs, path) as stream:
+            pq.write_table(pa.table({"key": pa.array(batch, pa.string())}), stream)
+        parts.append(path)
+        batch = []
+
+    for rel, _size in storage.walk_files(src_fs, src_root):
+        reason = skip_reason(rel, include_hidden)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        batch.append(rel)
+        written += 1
+        if len(batch) >= LISTING_PART_ROWS:
+            flush()
+        if time.monotonic() - last_said > PROGRESS_EVERY_S:
+            say(f"carray: listed {written} images so far ({sum(skipped.values())} other files)")
+            last_said = time.monotonic()
+    if batch:
+        flush()
+    return parts, written, skipped
 
 
-def run_infer(cfg: InferConfig) -> dict:
+def _relative_keys(batch: dict, *, column: str, prefix: str) -> dict:
+    """Manifest rows -> relative keys: `column` of each row, made relative to --input's prefix
+    when it is a full key under it (S3 Inventory lists bucket keys)."""
+    keys = []
+    for key in batch[column]:
+        key = str(key).strip()
+        if prefix and key.startswith(prefix + "/"):
+            key = key[len(prefix) + 1 :]
+        keys.append(key)
+    return {"key": keys}
+
+
+def read_manifest(location: str, s3, src_root: str):
+    """A Ray Dataset with one `key` column from a manifest: text (one key a line), CSV or Parquet
+    with a `key` column, or an S3 Inventory manifest.json (its CSV or Parquet parts). Read by
+    Ray Data in parallel; keys relative to --input."""
+    from urllib.parse import unquote
+
+    fs, path = storage.resolve(location, s3)
+    if not storage.exists(fs, path):
+        raise storage.StorageError(f"--manifest {location}: does not exist")
+    name = path.lower()
+    prefix = src_root.split("/", 1)[1] if "/" in src_root and storage.is_uri(location) else ""
+    if name.endswith("manifest.json"):  # S3 Inventory: {"fileFormat", "fileSchema", "files": [{"key"}], ...}
+        inventory = json.loads(storage.read_bytes(fs, path))
+        bucket = path.split("/", 1)[0]
+        files = [storage.join(bucket, f["key"]) for f in inventory.get("files", [])]
+        if not files:
+            raise storage.StorageError(f"--manifest {location}: an inventory manifest that lists no files")
+        fmt = str(inventory.get("fileFormat", "CSV")).upper()
+        columns = [c.strip() for c in str(inventory.get("fileSchema", "")).split(",")]
+        if fmt == "PARQUET":
+            ds = ray.data.read_parquet(files, filesystem=fs, columns=["key"])
+        elif fmt == "CSV":
+            import pyarrow.csv as pacsv
+
+            ds = ray.data.read_csv(
+                files, filesystem=fs, arrow_open_stream_args={"compression": "gzip"},
+                read_options=pacsv.ReadOptions(column_names=columns or ["Bucket", "Key"]),
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
+            )
+            column = "Key" if "Key" in columns else "key"
+            # CSV inventories URL-encode their keys.
+            ds = ds.map_batches(lambda b: {"key": [unquote(str(k)) for k in b[column]]}, batch_format="numpy")
+        else:
+            raise storage.StorageError(f"--manifest {location}: inventory format {fmt} is not supported (CSV or Parquet)")
+        return ds.map_batches(_relative_keys, fn_kwargs={"column": "key", "prefix": prefix}, batch_format="numpy")
+    if name.endswith(".parquet"):
+        ds = ray.data.read_parquet(path, filesystem=fs)
+        column = "key" if "key" in ds.schema().names else ds.schema().names[0]
+    elif name.endswith(".csv"):
+        ds = ray.data.read_csv(path, filesystem=fs)
+        column = "key" if "key" in ds.schema().names else ds.schema().names[0]
+    else:  # text: one key a line
+        ds = ray.data.read_text(path, filesystem=fs, drop_empty_lines=True)
+        column = "text"
+    return ds.map_batches(_relative_keys, fn_kwargs={"column": column, "prefix": ""}, batch_format="numpy")
+
+
+def failures_as_manifest(dst_fs, dst_root: str) -> Optional[list[str]]:
+    """The paths of the last run's _failures.jsonl (for --retry-failed)."""
+    path = storage.join(dst_root, FAILURES_FILE)
+    if not storage.exists(dst_fs, path):
+        return None
+    return [json.loads(line)["path"] for line in storage.read_bytes(dst_fs, path).decode().splitlines() if line.strip()]
+
+
+def merge_failure_parts(fs, root: str) -> int:
+    """Concatenate the write tasks' failure parts into _failures.jsonl, one part at a time (in the
+    order the store lists them). Returns the number of lines."""
+    folder = storage.join(root, WORK_DIR, "failures")
+    lines = 0
+    parts = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    with storage.atomic_output(fs, storage.join(root, FAILURES_FILE)) as out:
+        for info in parts:
+            if info.type == pafs.FileType.File:
+                data = storage.read_bytes(fs, info.path)
+                out.write(data)
+                lines += data.count(b"\n")
+    return lines
+
+
+def model_digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {kind: hashlib.sha256(data).hexdigest() for kind, data in files.items()}
+
+
+class _ProgressPrinter:
+    """A line every PROGRESS_EVERY_S seconds: done / total, MP/s, images/s, failures, ETA."""
+
+    def __init__(self, tracker, total: Optional[int], say=print):
+        self.tracker, self.total, self.say = tracker, total, say
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def line(self) -> str:
+        t = ray.get(self.tracker.snapshot.remote(), timeout=30)
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        done = int(t.get("restored", 0) + t.get("passed", 0) + t.get("skipped", 0) + t.get("failed", 0))
+        rate = done / seconds
+        of = f"{done}/{self.total}" if self.total is not None else f"{done} (total not known yet)"
+        eta = f", ETA {(self.total - done) / rate / 60:.1f} min" if self.total and rate > 0 else ""
+        return (
+            f"carray: {of} done | {t.get('megapixels', 0) / seconds:.2f} MP/s, {t.get('restored', 0) / seconds:.1f} images/s | "
+            f"{int(t.get('failed', 0))} failed{eta}"
+        )
+
+    def _run(self):
+        while not self.stop.wait(PROGRESS_EVERY_S):
+            try:
+                self.say(self.line())
+            except Exception:  # progress is best effort; the job's result never depends on it
+                pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def run_infer(cfg: InferConfig, say=print) -> dict:
     """Run the infer job; returns its summary (also written to ``_summary.json``).
 
-    Raises storage.StorageError when SRC does not exist or holds no images.
-    """
+    Raises storage.StorageError when the input does not exist or holds no images."""
     from ray.data import ActorPoolStrategy
 
-    from .runtime import connect, tune_data_context
+    from .runtime import connect, plan_pool, tune_data_context
 
     started = time.time()
-    if cfg.format not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown --format {cfg.format!r}")
+    policy = cfg.policy()
     src_fs, src_root = storage.resolve(cfg.input, cfg.s3())
     dst_fs, dst_root = storage.resolve(cfg.output, cfg.s3())
     _check_locations(cfg, src_root, dst_root)
-    inputs = storage.list_files(src_fs, src_root, IMAGE_EXTENSIONS)
-    if not inputs:
-        raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    names = output_names(inputs, cfg.format)
-    done = set() if cfg.overwrite else _existing_outputs(dst_fs, dst_root, cfg.format)
-    todo = [rel for rel in inputs if names[rel] not in done]
-    files = model_files(cfg)
-    storage.make_dirs(dst_fs, dst_root)
+    if cfg.max_attempts < 1:
+        raise OptionError(f"--max-attempts must be at least 1, got {cfg.max_attempts}")
+    files = model_files(cfg.model, cfg.s3())
+    storage.make_output_root(dst_fs, dst_root, cfg.output, cfg.create_bucket)
     storage.remove_stale_temporaries(dst_fs, dst_root)  # left by a run that was killed mid-write
+    storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR, "failures"))
+    connect(cfg.address)
+    tune_data_context()
 
-    sink = ImageSink(dst_fs, dst_root, names)
-    if todo:
-        connect(cfg.address)
-        tune_data_context()
-        actors, cpus, gpus, threads = _pool(cfg)
-        # Tasks ask for half a CPU, like the actors: a node with one CPU then always fits an actor
-        # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes never get scheduled).
-        task_cpus = {"num_cpus": 0.5}
-        ds = ray.data.read_binary_files(
-            [storage.join(src_root, rel) for rel in todo], include_paths=True, filesystem=src_fs, **task_cpus
-        )
-        ds = ds.map(decode_row, fn_kwargs={"root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
-        ds = ds.map_batches(
-            Restorer,
-            fn_constructor_kwargs={"model_files": files, "tile": cfg.tile, "threads": threads},
-            compute=ActorPoolStrategy(min_size=actors, max_size=actors),
-            batch_size=1,  # images differ in size; each is tiled inside the actor
-            num_cpus=cpus,
-            num_gpus=gpus,
-            scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
-        )
-        ds = ds.map(encode_row, fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality}, **task_cpus)
+    listed_skips: dict[str, int] = {}
+    total: Optional[int] = None
+    overwrite = cfg.overwrite
+    if cfg.retry_failed:
+        keys = failures_as_manifest(dst_fs, dst_root)
+        if keys is None:
+            raise storage.StorageError(f"--retry-failed: {cfg.output}/{FAILURES_FILE} does not exist (no earlier run)")
+        keys_ds, total, overwrite = ray.data.from_items([{"key": k} for k in keys]), len(keys), True
+        say(f"carray: retrying the {total} inputs of the last {FAILURES_FILE}")
+    elif cfg.manifest:
+        keys_ds = read_manifest(cfg.manifest, cfg.s3(), src_root)
+        say(f"carray: keys from the manifest {cfg.manifest}")
+    else:
+        parts, total, listed_skips = list_into_parts(src_fs, src_root, dst_fs, storage.join(dst_root, WORK_DIR, "listing"), cfg.include_hidden, say)
+        say(f"carray: listed {total} images in {cfg.input}" + "".join(f"; {n} skipped: {r}" for r, n in listed_skips.items()))
+        if not total:
+            raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        keys_ds = ray.data.read_parquet(parts, filesystem=dst_fs)
+
+    # Named, so that an operator (or a fault test) can look at what is in flight.
+    tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
+    pool = plan_pool(cfg.actors, cfg.gpu)
+    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason})")
+    # Tasks ask for half a CPU, like CPU actors: a node with one CPU then always fits an actor
+    # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes never get scheduled).
+    task_cpus = {"num_cpus": 0.5}
+    ds = keys_ds.map_batches(
+        plan_batch, batch_size=256, batch_format="numpy", **task_cpus,
+        fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
+    )
+    ds = ds.repartition(target_num_rows_per_block=ROWS_PER_BLOCK)
+    ds = ds.map(read_and_decode, fn_kwargs={"src_fs": src_fs, "src_root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
+    ds = ds.map_batches(
+        Restorer,
+        fn_constructor_kwargs={
+            "model_files": files, "tile": cfg.tile, "threads": pool.threads, "policy": policy,
+            "tracker": tracker, "max_attempts": cfg.max_attempts, "tta": cfg.tta,
+        },
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
+        batch_size=1,  # images differ in size; each is tiled inside the actor
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus,
+        scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
+    )
+    ds = ds.map(encode_row, fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality}, **task_cpus)
+    sink = ImageSink(dst_fs, dst_root, tracker)
+    with _ProgressPrinter(tracker, total, say):
         ds.write_datasink(sink)
 
+    failed = merge_failure_parts(dst_fs, dst_root)
+    storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR))
+    totals = sink.totals
+    skipped = dict(totals["skipped"])
+    for reason, n in listed_skips.items():
+        skipped[reason] = skipped.get(reason, 0) + n
     seconds = time.time() - started
-    failures = sorted(sink.failures, key=lambda f: f["path"])
-    storage.write_jsonl(dst_fs, storage.join(dst_root, FAILURES_FILE), failures)
     summary = {
-        "input": cfg.input, "output": cfg.output, "images": len(inputs), "restored": sink.written,
-        "skipped": len(inputs) - len(todo), "failed": len(failures), "megapixels": round(sink.megapixels, 3),
-        "seconds": round(seconds, 2), "megapixels_per_second": round(sink.megapixels / seconds, 3),
-        "nodes": len(sink.nodes), "model": cfg.model or "shipped", "config": asdict(cfg),
+        "input": cfg.input, "output": cfg.output,
+        "seen": totals["restored"] + sum(totals["passed"].values()) + sum(skipped.values()) + failed,
+        "restored": totals["restored"], "passed_through": sum(totals["passed"].values()), "passed_through_by_reason": totals["passed"],
+        "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
+        "megapixels": round(totals["megapixels"], 3), "seconds": round(seconds, 2),
+        "megapixels_per_second": round(totals["megapixels"] / seconds, 3), "images_per_second": round(totals["restored"] / seconds, 2),
+        "nodes": len(totals["nodes"]), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
+        "carray_version": __version__, "config": asdict(cfg),
     }
     storage.write_json(dst_fs, storage.join(dst_root, SUMMARY_FILE), summary)
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    return (
-        f"infer: {summary['restored']} restored, {summary['skipped']} skipped (output exists), "
-        f"{summary['failed']} failed (see {FAILURES_FILE}) of {summary['images']} | "
-        f"{summary['megapixels']:.1f} MP in {summary['seconds']:.1f} s, {summary['megapixels_per_second']:.2f} MP/s\n"
-        f"output: {summary['output']}"
-    )
+    lines = [
+        f"infer: {summary['restored']} restored, {summary['passed_through']} passed through unchanged, "
+        f"{summary['skipped']} skipped, {summary['failed']} failed (see {FAILURES_FILE}) of {summary['seen']} seen | "
+        f"{summary['megapixels']:.1f} MP in {summary['seconds']:.1f} s, {summary['megapixels_per_second']:.2f} MP/s",
+        f"output: {summary['output']}",
+    ]
+    lines += [f"passed through: {n} — {reason}" for reason, n in sorted(summary["passed_through_by_reason"].items())]
+    lines += [f"skipped: {n} — {reason}" for reason, n in sorted(summary["skipped_by_reason"].items())]
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 Tensor contract: (n, c, h, w) float32 on [0, 1], c = 1 (gray Y) or 3 (RGB); any h, w >= 1.
 Outputs have the input's shape and are not clamped (clamp when converting to pixels).
+Every network takes ``forward(x, quality=None)``; ``quality`` is (n,) float, the IJG JPEG quality
+1..100 of each input (carray/quality.py reads it from the file's tables). Networks built with
+``quality_input=True`` (``takes_quality``) need it; the others ignore it.
 
 Model files hold a ``state_dict`` plus JSON of the constructor arguments and of how the model was
 trained, and load with ``torch.load(weights_only=True)``: no pickled code ever runs.
@@ -55,6 +58,8 @@ class ARCNN(nn.Module):
     """
 
     arch = "arcnn"
+    #: Training options (TrainConfig fields) this network's constructor takes, besides channels.
+    options = ("residual", "relu_output", "padding_mode")
 
     def __init__(self, channels: int = 1, residual: bool = True, relu_output: bool = False, padding_mode: str = "replicate"):
         super().__init__()
@@ -72,7 +77,9 @@ class ARCNN(nn.Module):
     #: Inputs are processed on this grid (1: no striding).
     stride = 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    takes_quality = False
+
+    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.out(self.features(x))
         if self.relu_output:
             y = F.relu(y)
@@ -87,6 +94,7 @@ class FastARCNN(nn.Module):
     """
 
     arch = "fast-arcnn"
+    options = ("residual", "padding_mode")
     receptive_radius = 24  # conservative: 4 + 2*3 + 2*(9//2) rounded up, plus the stride grid
     stride = 2
 
@@ -102,7 +110,9 @@ class FastARCNN(nn.Module):
         )
         self.up = nn.ConvTranspose2d(64, channels, 9, stride=2, padding=4, output_padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    takes_quality = False
+
+    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         padded = _pad_to_even(x)
         y = self.up(self.body(padded))[..., :h, :w]
@@ -121,8 +131,38 @@ class _ResidualBlock(nn.Module):
         nn.init.zeros_(self.b.weight)
         nn.init.zeros_(self.b.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.b(F.relu(self.a(x)))
+    def forward(self, x: torch.Tensor, film: Optional[torch.Tensor] = None) -> torch.Tensor:
+        r = self.b(F.relu(self.a(x)))
+        return x + (r if film is None else _modulate(r, film))
+
+
+def _modulate(features: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+    """FiLM: film (n, 2, c, 1, 1) = (scale offset, shift); zeros leave the features unchanged."""
+    return features * (1 + film[:, 0]) + film[:, 1]
+
+
+class QualityFiLM(nn.Module):
+    """JPEG quality -> a per-channel scale and shift for each modulated layer (FiLM, Perez et al.
+    2018; FBCNN conditions its decoder on quality the same way). The last layer starts at zero, so a
+    network that gains this module starts out as the network it was: fine-tuning a model trained
+    without quality begins exactly where that model was."""
+
+    def __init__(self, layers: int, width: int, hidden: int = 64):
+        super().__init__()
+        self.layers, self.width = layers, width
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, layers * 2 * width),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, quality: torch.Tensor) -> torch.Tensor:
+        """quality (n,) in 1..100 -> (n, layers, 2, width, 1, 1)."""
+        q = quality.float().clamp(1, 100).reshape(-1, 1) / 100
+        # q and log q: the artifacts change fastest at low qualities, where 1/q scales the tables.
+        features = torch.cat([q, torch.log(q)], dim=1)
+        return self.net(features).reshape(-1, self.layers, 2, self.width, 1, 1)
 
 
 class UnshuffledCNN(nn.Module):
@@ -138,11 +178,17 @@ class UnshuffledCNN(nn.Module):
     """
 
     arch = "unshuffled-cnn"
+    options = ("blocks", "width", "padding_mode", "quality_input")
     stride = 2
 
-    def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate"):
+    def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate", quality_input: bool = False):
         super().__init__()
         self.args = dict(channels=channels, blocks=blocks, width=width, padding_mode=padding_mode)
+        if quality_input:  # only when on, so files written before conditioning existed still load
+            self.args["quality_input"] = True
+        self.takes_quality = quality_input
+        # One FiLM per residual block plus one on the features the output layer reads.
+        self.film = QualityFiLM(blocks + 1, width) if quality_input else None
         folded = channels * 4
         self.inp = _Conv(folded, width, 3, padding_mode)
         self.blocks = nn.Sequential(*[_ResidualBlock(width, padding_mode) for _ in range(blocks)])
@@ -153,12 +199,23 @@ class UnshuffledCNN(nn.Module):
         # plus the folding cell itself.
         self.receptive_radius = 2 * (2 + 2 * blocks) + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         h, w = x.shape[-2:]
-        features = F.relu(self.blocks(F.relu(self.inp(F.pixel_unshuffle(_pad_to_even(x), 2)))))
+        features = F.relu(self.inp(F.pixel_unshuffle(_pad_to_even(x), 2)))
+        if self.film is None:
+            features = F.relu(self.blocks(features))
+        else:
+            if quality is None:
+                raise ValueError("this network is conditioned on JPEG quality: pass quality=(n,) values 1..100")
+            film = self.film(quality.to(x.device))
+            for i, block in enumerate(self.blocks):
+                features = block(features, film[:, i])
+            features = _modulate(F.relu(features), film[:, -1])
         return x + F.pixel_shuffle(self.out(features), 2)[..., :h, :w]
 
 
+#: The registry: adding a network is one class (with arch, options, receptive_radius, stride,
+#: takes_quality) and one entry here; the train job's --arch choices and arguments follow from it.
 ARCHITECTURES = {cls.arch: cls for cls in (ARCNN, FastARCNN, UnshuffledCNN)}
 
 
@@ -182,10 +239,23 @@ def multiply_adds_per_pixel(model: nn.Module, size: int = 64) -> float:
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     channels = model.args["channels"]
     with torch.no_grad():
-        model(torch.zeros(1, channels, size, size))
+        model(torch.zeros(1, channels, size, size), torch.full((1,), 50.0))
     for hook in hooks:
         hook.remove()
     return total / (size * size)
+
+
+def init_from(model: nn.Module, source: nn.Module) -> list[str]:
+    """Copy every weight of `source` whose name and shape match into `model` (fine-tuning, or a
+    model that gains an input such as the quality FiLM). Returns the names of `model`'s weights
+    that kept their fresh initialisation; raises ValueError when nothing matches."""
+    mine, theirs = model.state_dict(), source.state_dict()
+    matched = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no weight of the {source.arch} model fits the {model.arch} network ({model.args})")
+    mine.update(matched)
+    model.load_state_dict(mine)
+    return sorted(set(mine) - set(matched))
 
 
 # --- files ---
@@ -232,20 +302,8 @@ def load_model_bytes(data: bytes, name: str = "model") -> tuple[nn.Module, dict]
 
 
 def save_model(model: nn.Module, location: str, training: Optional[dict] = None, s3=None) -> None:
-    """Write a model file to a local path or s3:// URI (atomically)."""
+    """Write a model file to a local path or s3:// URI (atomically). Reading: carray/modelfiles.py."""
     from . import storage
 
     fs, path = storage.resolve(location, s3)
     storage.write_bytes_atomic(fs, path, model_bytes(model, training))
-
-
-def load_model(location: str, s3=None) -> tuple[nn.Module, dict]:
-    """Read a model file from a local path or s3:// URI. Raises ModelFileError."""
-    from . import storage
-
-    fs, path = storage.resolve(location, s3)
-    try:
-        data = storage.read_bytes(fs, path)
-    except (FileNotFoundError, OSError) as exc:
-        raise ModelFileError(f"{location}: cannot read ({exc})") from None
-    return load_model_bytes(data, location)

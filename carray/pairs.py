@@ -4,8 +4,10 @@ Column vocabulary, used by prep, train and the tests alike (see :data:`COLUMNS`)
 ``compressed`` and ``original`` are uint8 patches shaped (channels, p, p) — channels first, ready
 for the network — stored in Parquet as fixed-size binary values of channels*p*p bytes (one value
 per patch writes and reads several times faster than a list of bytes); the width alone tells the
-shape, since c*p*p is a perfect square for gray and three times one for colour. ``quality`` is the JPEG quality (-1 when unknown, as with --pairs); ``image`` is
-the path relative to the input root; ``y`` and ``x`` the patch's top-left corner.
+shape, since c*p*p is a perfect square for gray and three times one for colour. ``quality`` is the IJG quality of the (last) compression, read from the JPEG's own tables
+(carray/quality.py; -1 when a --pairs JPEG has none); ``first_quality`` the quality of an earlier
+compression for double-compressed patches, else -1; ``image`` is the path relative to the input
+root; ``y`` and ``x`` the patch's top-left corner in the original.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from . import jpeg
+from .quality import jpeg_quality
 from .images import ImageError, decode_image, to_gray
 from .patches import extract_patches
 
-COMPRESSED, ORIGINAL, QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "image", "y", "x"
-COLUMNS = (COMPRESSED, ORIGINAL, QUALITY, IMAGE, Y, X)
+COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "first_quality", "image", "y", "x"
+COLUMNS = (COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X)
 UNKNOWN_QUALITY = -1
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +60,27 @@ def qualities_for(
     return sorted(set(fixed) | set(drawn))
 
 
+def double_plan(
+    relative_path: str,
+    first: Sequence[tuple[int, int]],
+    second: Sequence[int],
+    seed: int = 0,
+) -> tuple[int, int, tuple[int, int]]:
+    """One double compression for an image: (first quality, second quality, (dy, dx) shift), drawn
+    by a generator seeded with its path. The shift is 1..7 pixels on each axis, so the second
+    compression's 8x8 grid never lines up with the first's (FBCNN's non-aligned double JPEG)."""
+    rng = random.Random(f"{seed}:double:{relative_path}")
+    lo, hi = first[rng.randrange(len(first))]
+    return rng.randint(lo, hi), second[rng.randrange(len(second))], (rng.randint(1, 7), rng.randint(1, 7))
+
+
+def double_compress(pixels: np.ndarray, first: int, second: int, shift: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """JPEG at `first`, crop `shift` pixels off the top and left, JPEG again at `second`.
+    Returns (the cropped original, the double-compressed image), same shape."""
+    dy, dx = shift
+    once = jpeg.roundtrip(pixels, first)[dy:, dx:]
+    return pixels[dy:, dx:], jpeg.roundtrip(np.ascontiguousarray(once), second)
+
 def prepare_pixels(pixels: np.ndarray, color: bool) -> np.ndarray:
     """Gray mode: the MATLAB Y channel (h, w). Colour mode: RGB (h, w, 3), gray images repeated."""
     if color:
@@ -74,10 +98,12 @@ def patch_pairs(
     image: str,
     size: int,
     stride: int,
+    first_quality: int = UNKNOWN_QUALITY,
 ) -> dict[str, np.ndarray]:
     """Patches cut at the same places from the original and from each compressed version.
 
     original: uint8 (h, w) or (h, w, c); compressed: quality -> array of the same shape.
+    first_quality: the earlier compression's quality when these versions were compressed twice.
     Returns the columns of :data:`COLUMNS`, one row per (quality, patch).
     Raises ImageError when the image is smaller than one patch.
     """
@@ -92,6 +118,7 @@ def patch_pairs(
         columns[COMPRESSED].append(_channels_first(extract_patches(degraded, size, stride)[0]))
         columns[ORIGINAL].append(clean)
         columns[QUALITY].append(np.full(len(origins), quality, np.int16))
+        columns[FIRST_QUALITY].append(np.full(len(origins), first_quality, np.int16))
         columns[Y].append(origins[:, 0])
         columns[X].append(origins[:, 1])
         columns[IMAGE].append(np.full(len(origins), image, dtype=object))
@@ -106,10 +133,22 @@ def pairs_from_clean(
     size: int,
     stride: int,
     max_pixels: Optional[int] = None,
+    double: Optional[tuple[int, int, tuple[int, int]]] = None,
 ) -> dict[str, np.ndarray]:
-    """A clean image's bytes -> patch pairs at each JPEG quality (compressed here, in memory)."""
+    """A clean image's bytes -> patch pairs at each JPEG quality (compressed here, in memory), plus
+    one double-compressed version when `double` = (first, second, shift) is given (see
+    :func:`double_plan`); its patch origins are in the cropped image's coordinates + the shift."""
     original = prepare_pixels(decode_image(data, max_pixels).pixels, color)
-    return patch_pairs(original, {q: jpeg.roundtrip(original, q) for q in qualities}, image, size, stride)
+    rows = patch_pairs(original, {q: jpeg.roundtrip(original, q) for q in qualities}, image, size, stride)
+    if double is None:
+        return rows
+    first, second, (dy, dx) = double
+    cropped, twice = double_compress(original, first, second, (dy, dx))
+    if min(cropped.shape[:2]) < size:
+        return rows
+    extra = patch_pairs(cropped, {second: twice}, image, size, stride, first_quality=first)
+    extra[Y], extra[X] = extra[Y] + dy, extra[X] + dx
+    return {c: np.concatenate([rows[c], extra[c]]) for c in COLUMNS}
 
 
 def pairs_from_files(
@@ -121,13 +160,15 @@ def pairs_from_files(
     stride: int,
     max_pixels: Optional[int] = None,
 ) -> dict[str, np.ndarray]:
-    """An explicit (lossless, JPEG) pair's bytes -> patch pairs, the JPEG used as it is."""
+    """An explicit (lossless, JPEG) pair's bytes -> patch pairs, the JPEG used as it is; its
+    quality is read from its own quantization tables."""
     original = prepare_pixels(decode_image(original_data, max_pixels).pixels, color)
     try:
         degraded = prepare_pixels(decode_image(jpeg_data, max_pixels).pixels, color)
     except ImageError as exc:
         raise ImageError(f"its JPEG: {exc}") from None
-    return patch_pairs(original, {UNKNOWN_QUALITY: degraded}, image, size, stride)
+    quality = jpeg_quality(jpeg_data)
+    return patch_pairs(original, {UNKNOWN_QUALITY if quality is None else quality: degraded}, image, size, stride)
 
 
 def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:
@@ -143,6 +184,7 @@ def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:
             COMPRESSED: patches(rows[COMPRESSED]),
             ORIGINAL: patches(rows[ORIGINAL]),
             QUALITY: pa.array(rows[QUALITY], pa.int16()),
+            FIRST_QUALITY: pa.array(rows[FIRST_QUALITY], pa.int16()),
             IMAGE: pa.array(rows[IMAGE].tolist(), pa.string()),
             Y: pa.array(rows[Y], pa.int32()),
             X: pa.array(rows[X], pa.int32()),

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 from . import storage
 from .config import PrepConfig, parse_qualities, parse_split
 from .images import IMAGE_EXTENSIONS, ImageError
-from .pairs import COLUMNS, assign_split, pairs_from_clean, pairs_from_files, qualities_for, to_arrow
+from .pairs import COLUMNS, assign_split, double_plan, pairs_from_clean, pairs_from_files, qualities_for, to_arrow
 
 LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".webp")
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
-FAILURES_FILE = "_failures.jsonl"
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+FAILURES_FILE = storage.FAILURES_FILE
 MANIFEST_FILE = "_prep.json"
 TEST_LIST_FILE = "test.txt"
 IMAGES_PER_BLOCK = 8  # images per task; with the largest images first, the last tasks are short
@@ -80,6 +80,8 @@ def patchify_batch(
     """
     pa.set_cpu_count(1)  # Ray gave this task one CPU; pyarrow's own pool would oversubscribe it
     fixed, ranges = parse_qualities(cfg.quality)
+    first_fixed, first_ranges = parse_qualities(cfg.double) if cfg.double else ((), ())
+    first_choices = tuple((q, q) for q in first_fixed) + first_ranges
     pending: dict[str, list[pa.Table]] = {}
     parts = 0
     patches, reasons = [], []
@@ -100,7 +102,8 @@ def patchify_batch(
                 rows = pairs_from_files(original_bytes, jpeg_bytes, image, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels)
             else:
                 qualities = qualities_for(image, fixed, ranges, cfg.range_samples, cfg.seed)
-                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels)
+                double = double_plan(image, first_choices, qualities, cfg.seed) if first_choices else None
+                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels, double)
         except Exception as exc:  # ImageError, OSError, or anything else: this image only
             patches.append(0)
             reasons.append(str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}")
@@ -143,7 +146,11 @@ def run_prep(cfg: PrepConfig) -> dict:
 
     started = time.time()
     shares = parse_split(cfg.split)
-    parse_qualities(cfg.quality)  # fail on a bad --quality before any work starts
+    parse_qualities(cfg.quality)  # fail on a bad --quality or --double before any work starts
+    if cfg.double:
+        parse_qualities(cfg.double)
+        if cfg.pairs:
+            raise ValueError("--double makes JPEGs from clean images; it cannot be used with --pairs")
     src_fs, src_root = storage.resolve(cfg.input, cfg.s3())
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     extensions = LOSSLESS_EXTENSIONS + JPEG_EXTENSIONS if cfg.pairs else IMAGE_EXTENSIONS
@@ -158,9 +165,9 @@ def run_prep(cfg: PrepConfig) -> dict:
     for failure in failures:
         failure["split"] = assign_split(failure["path"], shares, cfg.seed)
 
+    storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     for split in ("train", "val"):  # a re-run replaces, never mixes with, an earlier output
         storage.delete_dir_if_exists(out_fs, storage.join(out_root, split))
-    storage.make_dirs(out_fs, out_root)
     connect(cfg.address)
     work = [dict(item, split=split) for split in ("train", "val") for item in by_split[split]]
     # Largest files first: blocks run in order, so the long tasks start early and the last ones

@@ -29,10 +29,12 @@ def tile_margin(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def run_model(model: nn.Module, planes: np.ndarray, device: torch.device) -> np.ndarray:
-    """float32 (h, w, c) on [0, 1] -> the network's output, same shape, not clamped."""
+def run_model(model: nn.Module, planes: np.ndarray, device: torch.device, quality: Optional[float] = None) -> np.ndarray:
+    """float32 (h, w, c) on [0, 1] -> the network's output, same shape, not clamped.
+    `quality`: the IJG quality the network is conditioned on (networks that take one need it)."""
     x = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None].to(device)
-    return model(x.contiguous(memory_format=torch.channels_last))[0].permute(1, 2, 0).float().cpu().numpy()
+    q = None if quality is None else torch.full((1,), float(quality), device=device)
+    return model(x.contiguous(memory_format=torch.channels_last), q)[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -40,36 +42,75 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
-def restore_planes(model: nn.Module, planes: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None) -> np.ndarray:
-    """float32 (h, w, c) on [0, 1] -> restored float32 (h, w, c), tiled with enough margin."""
+def restore_planes(
+    model: nn.Module, planes: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None,
+    quality: Optional[float] = None, tta: bool = False,
+) -> np.ndarray:
+    """float32 (h, w, c) on [0, 1] -> restored float32 (h, w, c), tiled with enough margin.
+    `tta`: the x8 self-ensemble (see :func:`self_ensemble`), 8 times the work."""
     device = device or next(model.parameters()).device
-    return apply_tiled(planes, lambda window: run_model(model, window, device), tile, tile_margin(model), align=8)
+
+    def once(x: np.ndarray) -> np.ndarray:
+        return apply_tiled(x, lambda window: run_model(model, window, device, quality), tile, tile_margin(model), align=8)
+
+    return self_ensemble(once, planes) if tta else once(planes)
 
 
-def restore_pixels(model: nn.Module, pixels: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None) -> np.ndarray:
+def self_ensemble(fn, planes: np.ndarray, grid: int = 8) -> np.ndarray:
+    """The mean of `fn` over the 8 flips and 90-degree rotations of the image, each result turned
+    back exactly (waifu2x's -x, EDSR's self-ensemble).
+
+    JPEG's 8x8 grid starts at the top-left corner; a flip of an image whose side is not a multiple
+    of 8 would move the grid under the network. The image is first padded (edge values) to a
+    multiple of `grid` on the bottom and right, so every transform keeps the blocks on the grid,
+    and the padding is cut off at the end."""
+    h, w = planes.shape[:2]
+    pad = ((0, -h % grid), (0, -w % grid)) + ((0, 0),) * (planes.ndim - 2)
+    padded = np.pad(planes, pad, mode="edge")
+    total = np.zeros(padded.shape, np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            x = np.rot90(padded[:, ::-1] if flip else padded, k, axes=(0, 1))
+            y = np.rot90(fn(np.ascontiguousarray(x)), -k, axes=(0, 1))
+            total += y[:, ::-1] if flip else y
+    return (total / 8).astype(planes.dtype)[:h, :w]
+
+
+def restore_pixels(
+    model: nn.Module, pixels: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None,
+    quality: Optional[float] = None, tta: bool = False,
+) -> np.ndarray:
     """uint8 (h, w) gray or (h, w, 3) RGB -> restored uint8 of the same shape and mode.
+    `quality`: the input's IJG JPEG quality, for networks conditioned on it; `tta`: x8 ensemble.
 
     A gray model on an RGB image restores its Y channel and keeps Cb/Cr; a colour model on a gray
     image sees the gray value in all three channels and gives back their mean.
     """
     channels = model.args["channels"]
     if pixels.ndim == 2 and channels == 1:
-        out = restore_planes(model, pixels[..., None].astype(np.float32) / 255, tile, device)
+        out = restore_planes(model, pixels[..., None].astype(np.float32) / 255, tile, device, quality, tta)
         return to_uint8(out[..., 0] * 255)
     if pixels.ndim == 3 and channels == 3:
-        return to_uint8(restore_planes(model, pixels.astype(np.float32) / 255, tile, device) * 255)
+        return to_uint8(restore_planes(model, pixels.astype(np.float32) / 255, tile, device, quality, tta) * 255)
     if pixels.ndim == 3:  # gray model, colour image: restore Y in the MATLAB YCbCr space
         ycc = rgb_to_ycbcr(pixels)
-        y = restore_planes(model, (ycc[..., :1] / 255).astype(np.float32), tile, device)
+        y = restore_planes(model, (ycc[..., :1] / 255).astype(np.float32), tile, device, quality, tta)
         ycc[..., 0] = y[..., 0] * 255
         return to_uint8(ycbcr_to_rgb(ycc))
     rgb = np.repeat(pixels[..., None], 3, axis=2).astype(np.float32) / 255
-    return to_uint8(restore_planes(model, rgb, tile, device).mean(axis=2) * 255)
+    return to_uint8(restore_planes(model, rgb, tile, device, quality, tta).mean(axis=2) * 255)
 
 
-def restore_image(models: dict[str, nn.Module], image: DecodedImage, tile: int = DEFAULT_TILE, device=None) -> DecodedImage:
-    """Restore with the model that matches the image: models['gray'] for gray, models['color'] for
-    RGB, falling back to whichever one is given. Alpha, ICC and EXIF pass through unchanged."""
-    kind = "color" if image.is_color else "gray"
-    model = models.get(kind) or next(iter(models.values()))
-    return DecodedImage(pixels=restore_pixels(model, image.pixels, tile, device), alpha=image.alpha, icc=image.icc, exif=image.exif)
+def pick_model(models: dict[str, nn.Module], image: DecodedImage) -> nn.Module:
+    """models['gray'] for gray images, models['color'] for RGB, else whichever one is given."""
+    return models.get("color" if image.is_color else "gray") or next(iter(models.values()))
+
+
+def restore_image(
+    models: dict[str, nn.Module], image: DecodedImage, tile: int = DEFAULT_TILE, device=None,
+    quality: Optional[float] = None, tta: bool = False,
+) -> DecodedImage:
+    """Restore with the model that matches the image (:func:`pick_model`) at `quality`
+    (`tta`: the x8 self-ensemble). Alpha, ICC and EXIF pass through unchanged."""
+    pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta)
+    return DecodedImage(pixels=pixels, alpha=image.alpha, icc=image.icc, exif=image.exif)

@@ -1,4 +1,4 @@
-"""Connecting to Ray: the one place jobs start or join a cluster.
+"""Connecting to Ray and sizing work for it: the one place jobs meet the cluster.
 
 Ray's own `ray.init()` retries for minutes when RAY_ADDRESS, or the cluster recorded by the last
 `ray start` on this machine, does not answer. Jobs check first and fail within seconds instead,
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from typing import Optional
 
 import ray
@@ -85,3 +86,185 @@ def tune_data_context() -> None:
     bounds memory.
     """
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+
+
+# --- sizing: how many actors/workers, with what resources, on what device ---
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the cluster has now and what its autoscaler can add (None: no autoscaler config)."""
+
+    cpus: float
+    gpus: float
+    max_gpus: Optional[float] = None
+    gpu_node_cpus: float = 0.0  # CPUs of the smallest node type that has a GPU, per GPU
+
+    @property
+    def gpus_possible(self) -> float:
+        return max(self.gpus, self.max_gpus or 0.0)
+
+
+def _node_types_from_gcs() -> Optional[list[tuple[dict, int]]]:
+    """(resources, max nodes) per node type, as the autoscaler reported them to the GCS (what Ray
+    Train and Ray Data consult; set by autoscaler v2 deployments). None when nothing was reported."""
+    try:
+        from ray._private.state import state  # not public API: degrade quietly
+
+        config = state.get_cluster_config()
+    except Exception:
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [({k: float(v) for k, v in g.resources.items()}, int(g.max_count) if g.max_count >= 0 else 1024) for g in config.node_group_configs]
+
+
+def _node_types_from_monitor() -> Optional[list[tuple[dict, int]]]:
+    """The same from the autoscaling config file the head's autoscaler (monitor.py) was started
+    with (`ray start --head --autoscaling-config=...`, ~/ray_bootstrap_config.yaml under the cluster
+    launcher): a job's driver runs on the head, where that process is visible."""
+    import glob
+
+    import yaml
+
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(a.endswith("autoscaler/_private/monitor.py") for a in args):
+            continue
+        for arg in args:
+            if arg.startswith("--autoscaling-config="):
+                try:
+                    with open(os.path.expanduser(arg.split("=", 1)[1])) as f:
+                        config = yaml.safe_load(f)
+                    return [
+                        ({k: float(v) for k, v in (t.get("resources") or {}).items()}, int(t.get("max_workers", 0)))
+                        for t in config.get("available_node_types", {}).values()
+                    ]
+                except (OSError, ValueError, AttributeError, yaml.YAMLError):
+                    return None
+    return None
+
+
+def cluster_offer() -> Offer:
+    """Resources of the connected cluster, and the GPUs its autoscaler can start: a GPU node type
+    of an autoscaling cluster may be at zero nodes and then shows no GPU in
+    ray.cluster_resources() until a GPU is asked for."""
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
+    node_types = _node_types_from_gcs() or _node_types_from_monitor()
+    max_gpus, per_gpu = None, 0.0
+    if node_types is not None:
+        max_gpus = 0.0
+        for resources, count in node_types:
+            node_gpus = resources.get("GPU", 0.0)
+            if node_gpus <= 0 or count <= 0:
+                continue
+            max_gpus += node_gpus * count
+            node_cpus = resources.get("CPU", 0.0) / node_gpus
+            per_gpu = node_cpus if per_gpu == 0 else min(per_gpu, node_cpus)
+    if gpus > 0 and per_gpu == 0:
+        per_gpu = max(cpus / gpus, 1.0)
+    return Offer(cpus=cpus, gpus=gpus, max_gpus=max_gpus, gpu_node_cpus=per_gpu)
+
+
+def wait_for_gpu(timeout: float, poll: float = 2.0) -> float:
+    """Ask the autoscaler for one GPU and wait until one is in the cluster; returns the GPUs then
+    up (0 after `timeout`). For --gpu on clusters whose node types we could not read (KubeRay's
+    autoscaler runs in its own container): the request starts a GPU node if the cluster can."""
+    import time
+
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+            if gpus > 0:
+                return gpus
+            time.sleep(poll)
+        return 0.0
+    finally:
+        request_resources(bundles=[])  # the job's own demand scales the cluster from here on
+
+
+class NoGpu(JobError):
+    """--gpu was asked for, but the cluster has no GPU and cannot start one."""
+
+
+#: How long --gpu waits for a first GPU when the autoscaler's node types are unknown.
+GPU_WAIT_S = float(os.environ.get("CARRAY_GPU_WAIT_S", "900"))
+
+
+def choose_gpu(asked: Optional[bool], offer: Offer) -> tuple[bool, str]:
+    """(use GPUs, why) from --gpu/--no-gpu/default and what the cluster offers."""
+    who = "--gpu" if asked else "default"
+    if asked is False:
+        return False, "--no-gpu"
+    if offer.gpus > 0:
+        return True, f"{who}: the cluster has {offer.gpus:g} GPUs"
+    if offer.max_gpus:
+        return True, f"{who}: no GPU node is up yet; the autoscaler can start up to {offer.max_gpus:g} GPUs"
+    if asked and offer.max_gpus == 0:
+        raise NoGpu("--gpu was asked for, but the cluster has no GPU and no autoscaler node type with GPUs")
+    if asked:  # node types unknown: ask, and wait for a bounded time
+        found = wait_for_gpu(GPU_WAIT_S)
+        if not found:
+            raise NoGpu(f"--gpu was asked for, but no GPU joined the cluster within {GPU_WAIT_S:g} s of asking the autoscaler for one")
+        return True, f"--gpu: the autoscaler started a GPU node ({found:g} GPUs up)"
+    return False, f"default: no GPU in the cluster nor in its autoscaler's node types; {offer.cpus:g} CPUs"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An actor pool: between min_actors and actors actors, each with cpus / gpus, torch threads."""
+
+    actors: int
+    min_actors: int
+    cpus: float
+    gpus: float
+    threads: int
+    reason: str
+
+
+def gpu_actor_cpus(offer: Offer) -> float:
+    """CPUs a GPU actor reserves on its node: half of the node's CPUs per GPU (at least 0.5, at
+    most 4), so the decode and encode tasks feeding it still fit beside it on the same node."""
+    return float(min(4.0, max(0.5, offer.gpu_node_cpus / 2)))
+
+
+def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer] = None) -> Pool:
+    """The restoring actor pool of infer and evaluate.
+
+    CPU actors ask for half a CPU each, so on a small node they never take every CPU from the
+    read, decode and write tasks (a pool of whole-CPU actors on 2 CPUs starves them and hangs).
+    GPU actors: one GPU each; from one actor up to one per GPU the autoscaler can offer.
+    """
+    offer = offer or cluster_offer()
+    use_gpu, why = choose_gpu(gpu, offer)
+    if use_gpu:
+        most = actors or max(1, int(offer.gpus_possible))
+        least = actors or max(1, int(offer.gpus))
+        return Pool(most, min(least, most), gpu_actor_cpus(offer), 1.0, 1, why)
+    count = actors or max(1, int(offer.cpus))
+    return Pool(count, count, 0.5, 0.0, max(1, int(offer.cpus // count)), why)
+
+
+def plan_train_workers(workers: int, gpu: Optional[bool], threads: int = 0, offer: Optional[Offer] = None) -> tuple[bool, dict, int, str]:
+    """(use GPUs, resources per worker, torch threads per CPU worker, why) for Ray Train.
+
+    CPU workers leave one CPU free for Ray Data's read tasks: a 2-CPU cluster with two 1-CPU
+    workers starves them and hangs (see DESIGN.md); with 0.5 CPU each it runs.
+    """
+    offer = offer or cluster_offer()
+    use_gpu, why = choose_gpu(gpu, offer)
+    if use_gpu:
+        if offer.gpus_possible < workers:
+            raise NoGpu(f"{workers} GPU workers asked for, but the cluster can have at most {offer.gpus_possible:g} GPUs")
+        return True, {"CPU": gpu_actor_cpus(offer)}, 1, why  # ScalingConfig(use_gpu) adds one GPU each
+    per_worker = max(0.1, min(1.0, (offer.cpus - 1) / workers)) if offer.cpus > 1 else 0.5
+    return False, {"CPU": round(per_worker, 2)}, threads or max(1, int(offer.cpus // workers)), why

@@ -20,6 +20,10 @@ import pyarrow.fs as pafs
 from .errors import JobError
 
 
+#: The failure list every job writes beside its outputs: one JSON line per input that failed.
+FAILURES_FILE = "_failures.jsonl"
+
+
 class StorageError(JobError):
     """A location that does not exist or cannot be reached; the message names it."""
 
@@ -27,25 +31,36 @@ class StorageError(JobError):
 @dataclass(frozen=True)
 class S3Options:
     """How to reach S3. Unset fields fall back to the standard AWS environment variables
-    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) and then to
-    pyarrow's own credential chain (instance role, ~/.aws)."""
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION);
+    without keys, pyarrow's own AWS credential chain runs on each node (AWS_PROFILE and ~/.aws,
+    web identity as IRSA sets it, the instance role). Keys found here are carried inside the
+    pickled filesystem to every Ray worker; so is a session token (SSO, assumed roles), which
+    expires: for runs longer than its lifetime rely on roles on every node instead.
+
+    create_bucket: whether a missing bucket may be created (--create-bucket); never by default,
+    so a typo in an output location is an error, not a new bucket."""
 
     endpoint_url: Optional[str] = None
     access_key: Optional[str] = None
     secret_key: Optional[str] = None
+    session_token: Optional[str] = None
     region: Optional[str] = None
+    create_bucket: bool = False
 
     def filesystem(self) -> pafs.S3FileSystem:
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         access = self.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = self.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        token = self.session_token or (None if self.access_key else os.environ.get("AWS_SESSION_TOKEN"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        kwargs = {"allow_bucket_creation": True, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        kwargs = {"allow_bucket_creation": self.create_bucket, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host if host else endpoint, scheme=scheme if host else "https")
         if access and secret:
             kwargs.update(access_key=access, secret_key=secret)
+            if token:
+                kwargs["session_token"] = token
         if region:
             kwargs["region"] = region
         return pafs.S3FileSystem(**kwargs)
@@ -64,6 +79,13 @@ def resolve(location: str, s3: Optional[S3Options] = None) -> tuple[pafs.FileSys
         return fs, path.rstrip("/")
     path = location[len("file://") :] if location.startswith("file://") else location
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def absolute(location: Optional[str]) -> Optional[str]:
+    """A local path made absolute (workers run in other folders); URIs and None unchanged."""
+    if not location or is_uri(location):
+        return location
+    return os.path.abspath(os.path.expanduser(location))
 
 
 def join(*parts: str) -> str:
@@ -111,14 +133,22 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 @contextmanager
 def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator:
-    """A writable stream for `path` that no reader ever sees half-written.
+    """A writable stream for `path` that no reader ever sees half-written, and that leaves nothing
+    at `path` when the body raises.
 
     Local: a hidden temporary beside the target, renamed over it on success (atomic on POSIX) and
-    removed on failure. Object stores: one upload, which becomes visible only once complete.
+    removed on failure. Object stores: the bytes are gathered in memory and uploaded only once the
+    body has finished: pyarrow's S3 stream completes a multipart upload on close() even when an
+    exception interrupted the writing, which would publish a truncated object.
     """
     if not isinstance(fs, pafs.LocalFileSystem):
+        import pyarrow as pa
+
+        buffer = pa.BufferOutputStream()
+        yield buffer  # an exception here propagates before anything was sent
+        data = buffer.getvalue()
         with fs.open_output_stream(path) as stream:
-            yield stream
+            stream.write(data)
         return
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -164,6 +194,49 @@ def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def make_output_root(fs: pafs.FileSystem, path: str, location: str, create_bucket: bool = False) -> None:
+    """Create a job's output folder or prefix. On an object store the bucket must exist already,
+    unless `create_bucket` (--create-bucket): checked before any work starts."""
+    if isinstance(fs, pafs.S3FileSystem):
+        bucket = path.split("/", 1)[0]
+        try:
+            found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise StorageError(f"{location}: cannot reach bucket '{bucket}' ({exc})") from None
+        if not found:
+            if not create_bucket:
+                raise StorageError(f"{location}: bucket '{bucket}' does not exist (check the name, or pass --create-bucket to create it)")
+            fs.create_dir(bucket)
+        if "/" not in path:
+            return
+    fs.create_dir(path, recursive=True)
+
+
 def delete_dir_if_exists(fs: pafs.FileSystem, path: str) -> None:
     if exists(fs, path):
-        fs.delete_dir(path)
+        try:
+            fs.delete_dir(path)
+        except FileNotFoundError:  # object stores: a prefix can look like a folder and hold nothing
+            pass
+
+
+def walk_files(fs: pafs.FileSystem, root: str) -> Iterator[tuple[str, int]]:
+    """(path relative to `root`, size) of every file under `root`, one folder level at a time:
+    memory holds one folder's entries, not the whole tree (S3 lists a prefix with a delimiter).
+
+    Raises StorageError when `root` does not exist or is a file."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{root}: does not exist")
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"{root}: is a file; give the folder or prefix that holds the images")
+    base = root.replace(os.sep, "/").rstrip("/")
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        entries = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+        for item in sorted(entries, key=lambda e: e.path, reverse=True):
+            if item.type == pafs.FileType.Directory:
+                pending.append(item.path)
+            elif item.type == pafs.FileType.File:
+                yield posixpath.relpath(item.path.replace(os.sep, "/"), base), item.size or 0

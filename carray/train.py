@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import numpy as np
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from . import storage
 from .config import TrainConfig
 from .errors import JobError
-from .model import build_model, load_model_bytes, model_bytes
-from .pairs import COMPRESSED, ORIGINAL, patch_shape, patches_from_arrow
+from .model import build_model, init_from, load_model_bytes, model_bytes
+from .pairs import COMPRESSED, ORIGINAL, QUALITY, patch_shape, patches_from_arrow
 
 STATE_FILE = "state.pt"
 METRIC_FIELDS = ("step", "train_loss", "train_psnr", "val_loss", "val_psnr", "val_psnr_gain", "lr", "samples_per_s")
@@ -72,13 +72,18 @@ def learning_rate(cfg_lr: float, schedule: str, step: int, steps: int) -> float:
 # --- the worker ---
 
 
+def quality_tensor(batch) -> torch.Tensor:
+    """The batch's JPEG qualities (n,) as float32 (the networks' conditioning input)."""
+    return torch.from_numpy(batch[QUALITY].to_numpy().astype(np.float32))
+
+
 def _validate(model, batches, device) -> dict:
     model.eval()
     losses, psnrs, base = [], [], []
     with torch.no_grad():
-        for x, y in batches:
+        for x, y, q in batches:
             x, y = x.to(device), y.to(device)
-            out = model(x)
+            out = model(x, q.to(device))
             losses.append(F.mse_loss(out, y, reduction="none").flatten(1).mean(1).cpu())
             psnrs.append(psnr_per_patch(out, y).cpu())
             base.append(psnr_per_patch(x, y).cpu())
@@ -100,27 +105,31 @@ def _val_batches(cfg: TrainConfig, limit: int, batch_size: int) -> list:
     batches, seen = [], 0
     for name in storage.list_files(fs, storage.join(root, "val"), (".parquet",)):
         with fs.open_input_file(storage.join(root, "val", name)) as f:
-            table = pq.read_table(f, columns=[COMPRESSED, ORIGINAL]).slice(0, limit - seen)
+            table = pq.read_table(f, columns=[COMPRESSED, ORIGINAL, QUALITY]).slice(0, limit - seen)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
-            batches.append((to_tensor(part[COMPRESSED]), to_tensor(part[ORIGINAL])))
+            batches.append((to_tensor(part[COMPRESSED]), to_tensor(part[ORIGINAL]), quality_tensor(part)))
         seen += table.num_rows
         if seen >= limit:
             break
     return batches
 
 
-def _save_checkpoint(state: dict):
+def _report_with_checkpoint(row: dict, state: dict) -> None:
+    """ray.train.report with a checkpoint of `state`; the local copy is removed once Ray Train has
+    persisted it to storage (left behind, a long run filled the temp dir at 1.3 MB per save)."""
+    import ray.train
     from ray.train import Checkpoint
 
-    folder = tempfile.mkdtemp(prefix="carray-ckpt-")
-    torch.save(state, os.path.join(folder, STATE_FILE))
-    return Checkpoint.from_directory(folder)
+    with tempfile.TemporaryDirectory(prefix="carray-ckpt-") as folder:
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
 
 
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train worker: one DDP replica. `config` = {"cfg": TrainConfig fields, "channels": c,
-    "threads": n}. Returns {"step", "resumed_from", "diverged"}; rank 0's reaches the driver."""
+    "threads": n, "arch": name, "model_args": {...}, "init": model file bytes or None}.
+    Returns {"step", "resumed_from", "diverged"}; rank 0's reaches the driver."""
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
@@ -129,13 +138,23 @@ def train_loop_per_worker(config: dict) -> dict:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # Ray gave this worker a GPU that PyTorch cannot see (a CPU build of torch, a missing
+        # driver, or Ray's fake autoscaling nodes): train on the CPU rather than crash.
+        if rank == 0:
+            print("carray: the GPU Ray assigned is not visible to PyTorch (CPU build or no driver?); training on the CPU")
+        device = torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(config["threads"])
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, **cfg.model_args(config["channels"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = build_model(config["arch"], **config["model_args"])
     step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
+    if config.get("init") and not checkpoint:  # a resume continues its own weights, not the file's
+        fresh = init_from(model, load_model_bytes(config["init"], cfg.init_from)[0])
+        if rank == 0:
+            print(f"carray: weights from {cfg.init_from}" + (f"; new (not in the file): {', '.join(fresh)}" if fresh else ""))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
@@ -145,7 +164,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if rank == 0:
             print(f"carray: resuming from the checkpoint at step {step}")
     resumed_from = step
-    model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP when world > 1
+    model = ray.train.torch.prepare_model(model, move_to_device=device)  # wraps in DDP when world > 1
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
     plain = model.module if hasattr(model, "module") else model
@@ -173,20 +192,22 @@ def train_loop_per_worker(config: dict) -> dict:
         row.update(extra or {})
         if rank == 0:
             history.append({k: row.get(k, float("nan")) for k in METRIC_FIELDS})
-        ckpt = _save_checkpoint(state_dict()) if (checkpoint_due and rank == 0) else None
-        ray.train.report(row, checkpoint=ckpt)  # every rank: it is a barrier
+        if checkpoint_due and rank == 0:
+            _report_with_checkpoint(row, state_dict())
+        else:
+            ray.train.report(row)  # every rank: it is a barrier
         window.update(loss=[], psnr=[], samples=0, start=time.perf_counter(), reported=True)
 
     diverged = False
     while step < cfg.steps and not diverged:
         for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", drop_last=True, local_shuffle_buffer_size=cfg.batch_size * 16):
-            x, y = to_tensor(batch[COMPRESSED]), to_tensor(batch[ORIGINAL])
+            x, y, q = to_tensor(batch[COMPRESSED]), to_tensor(batch[ORIGINAL]), quality_tensor(batch)
             if cfg.augment:
                 x, y = augment(x, y, generator)
-            x, y = x.to(device), y.to(device)
+            x, y, q = x.to(device), y.to(device), q.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
-            out = model(x)
+            out = model(x, q)
             loss = F.mse_loss(out, y)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
             if world > 1:  # every rank must stop together, or the others hang in the next all-reduce
@@ -244,6 +265,15 @@ def inspect_data(cfg: TrainConfig, fs, root: str) -> dict:
             raise DataError(f"{cfg.data}/{split}: {exc}") from None
         if schema.field(ORIGINAL).type != schema.field(COMPRESSED).type:
             raise DataError(f"{cfg.data}/{split}: 'original' and 'compressed' patches differ in size")
+        if QUALITY not in schema.names:
+            raise DataError(f"{cfg.data}/{split}: Parquet without the '{QUALITY}' column; was it written by prep?")
+        if cfg.quality_input:
+            unknown = dataset.count_rows(filter=pads.field(QUALITY) < 1)
+            if unknown:
+                raise DataError(
+                    f"{cfg.data}/{split}: {unknown} patches have no JPEG quality (--pairs JPEGs without tables?); "
+                    "a quality-conditioned network (--quality-input) needs it for every patch"
+                )
         found[split] = {"rows": rows, "channels": channels, "patch_size": side}
     train, val = found["train"], found["val"]
     if (train["channels"], train["patch_size"]) != (val["channels"], val["patch_size"]):
@@ -257,37 +287,24 @@ def inspect_data(cfg: TrainConfig, fs, root: str) -> dict:
     return {"channels": train["channels"], "patch_size": train["patch_size"], "train_rows": train["rows"], "val_rows": val["rows"]}
 
 
-def _cluster_resources() -> tuple[float, float]:
-    import ray
-
-    total = ray.cluster_resources()
-    return float(total.get("CPU", 1)), float(total.get("GPU", 0))
-
-
-def plan_workers(cfg: TrainConfig, cpus: float, gpus: float) -> tuple[bool, dict, int]:
-    """(use_gpu, resources per worker, torch threads per CPU worker).
-
-    CPU workers leave one CPU free for Ray Data's read tasks: a 2-CPU cluster with two 1-CPU
-    workers starves them and hangs (see DESIGN.md), with 0.5 CPU each it runs.
-    """
-    use_gpu = gpus > 0 if cfg.gpu is None else cfg.gpu
-    if use_gpu and gpus < cfg.workers:
-        raise DataError(f"--gpu with {cfg.workers} workers, but the cluster has {gpus:g} GPUs")
-    per_worker = max(0.1, min(1.0, (cpus - 1) / cfg.workers)) if cpus > 1 else 0.5
-    threads = cfg.threads or max(1, int(cpus // cfg.workers))
-    return use_gpu, {"CPU": round(per_worker, 2)}, threads
-
-
 def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root: str):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
-    use_gpu, resources, threads = plan_workers(cfg, *_cluster_resources())
-    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs, columns=[COMPRESSED, ORIGINAL])
+    from .runtime import plan_train_workers
+
+    use_gpu, resources, threads, why = plan_train_workers(cfg.workers, cfg.gpu, cfg.threads)
+    print(f"carray: {cfg.workers} {'GPU' if use_gpu else 'CPU'} training worker(s), {resources} each ({why})", flush=True)
+    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs, columns=[COMPRESSED, ORIGINAL, QUALITY])
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "channels": data["channels"], "threads": threads},
+        # NCCL between GPU workers; one worker needs no collective backend that requires CUDA.
+        torch_config=TorchConfig(backend="nccl" if use_gpu and cfg.workers > 1 else "gloo"),
+        train_loop_config={
+            "cfg": asdict(cfg), "channels": data["channels"], "threads": threads,
+            "arch": data["arch"], "model_args": data["model_args"], "init": data.get("init"),
+        },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=cfg.name,
@@ -341,6 +358,30 @@ def loss_figure(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def network_for(cfg: TrainConfig, channels: int) -> dict:
+    """The network to train: {"arch", "model_args"} from the options, or, with --init-from, the
+    model file's own architecture and shape (plus the quality input when asked for), its bytes
+    ("init") and how it was trained ("init_training", kept in the new file's provenance)."""
+    if cfg.quality_input and not cfg.init_from and cfg.arch != "unshuffled-cnn":
+        raise DataError(f"--quality-input needs --arch unshuffled-cnn (got {cfg.arch})")
+    if not cfg.init_from:
+        return {"arch": cfg.arch, "model_args": cfg.model_args(channels)}
+    from .model import ModelFileError
+    from .modelfiles import read_model_file
+
+    raw = read_model_file(cfg.init_from, cfg.s3())  # ModelFileError names the file
+    source, training = load_model_bytes(raw, cfg.init_from)
+    args = dict(source.args)
+    if args.get("channels") != channels:
+        raise DataError(f"--init-from {cfg.init_from}: a {args.get('channels')}-channel model, but the data has {channels}-channel patches")
+    if cfg.quality_input:
+        if source.arch != "unshuffled-cnn":
+            raise ModelFileError(f"--init-from {cfg.init_from}: --quality-input needs an unshuffled-cnn model, this is {source.arch}")
+        args["quality_input"] = True
+    summary = {"file": cfg.init_from, "arch": source.arch, "steps": training.get("steps"), "data": training.get("data")}
+    return {"arch": source.arch, "model_args": args, "init": raw, "init_training": summary}
+
+
 class TrainingDiverged(JobError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
@@ -351,11 +392,14 @@ def run_train(cfg: TrainConfig) -> dict:
     from .runtime import connect
 
     started = time.time()
+    # Workers run in Ray's own folders: relative local paths must mean what they meant here.
+    cfg = replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output), init_from=storage.absolute(cfg.init_from))
     fs, root = storage.resolve(cfg.data, cfg.s3())
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     data = inspect_data(cfg, fs, root)
+    data.update(network_for(cfg, data["channels"]))
     connect(cfg.address)
-    storage.make_dirs(out_fs, out_root)
+    storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     result = build_trainer(cfg, data, fs, root, out_fs, out_root).fit()
     status = result.return_value or {}
     if status.get("diverged"):
@@ -367,12 +411,13 @@ def run_train(cfg: TrainConfig) -> dict:
     history = final["history"]
     best = result.get_best_checkpoint("val_psnr_gain", "max") if any(not math.isnan(r["val_psnr_gain"]) for r in history) else None
     chosen = _load_state(best) if best is not None else final
-    model = build_model(cfg.arch, **cfg.model_args(data["channels"]))
+    model = build_model(data["arch"], **data["model_args"])
     model.load_state_dict(chosen["model"])
     chosen_row = next((r for r in history if r["step"] == chosen["step"]), {})
     training = {
         "data": cfg.data, "steps": int(chosen["step"]), "config": asdict(cfg), "patch_size": data["patch_size"],
         "val_psnr_gain": chosen_row.get("val_psnr_gain"), "train_patches": data["train_rows"],
+        "init_from": data.get("init_training"),
     }
     model_path = storage.join(out_root, "model.pt")
     storage.write_bytes_atomic(out_fs, model_path, model_bytes(model, training))

@@ -62,16 +62,15 @@ start() {
   local launcher=$!
   echo "$launcher" > "$STATE/head.pgid"
   wait "$launcher" || { cat "$STATE/start.log" >&2; exit 1; }
-  cat <<EOF
-Ray head running on 127.0.0.1:$PORT (loopback only, token auth on); dashboard http://127.0.0.1:$DASHBOARD_PORT
-Clients need the token:  # Jobs run `python ...` with the head's PATH: make that the project's interpreter.
-[ -d "$here/.venv/bin" ] && export PATH="$here/.venv/bin:$PATH"
-export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH
-Submit a job:
-  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH $RAY job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir $here -- python jobs/infer.py --input INPUT --output OUTPUT
-  (or: cluster/local.sh submit -- python jobs/infer.py --input INPUT --output OUTPUT)
-Stop it: cluster/local.sh stop
-EOF
+  # Plain printf, no heredoc: a backtick in an unquoted heredoc runs as a command.
+  printf '%s\n' \
+    "Ray head running on 127.0.0.1:$PORT (loopback only, token auth on); dashboard http://127.0.0.1:$DASHBOARD_PORT" \
+    "Clients need the token:" \
+    "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH" \
+    "Submit a job:" \
+    "  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH $RAY job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir $here -- python jobs/infer.py --input INPUT --output OUTPUT" \
+    "  (or: cluster/local.sh submit -- python jobs/infer.py --input INPUT --output OUTPUT)" \
+    "Stop it: cluster/local.sh stop"
 }
 
 stop() {

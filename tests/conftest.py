@@ -5,23 +5,24 @@ record that `ray.init()` writes never leak into a developer's later `ray start`.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from support.images import DATA, png_bytes, smooth_image  # noqa: F401  (shared helpers live in support/)
 from support.s3 import SeaweedS3
 
-DATA = Path(__file__).parent / "data"
-
-# Before Ray is imported anywhere: a private HOME for the token file Ray writes.
+# Before Ray is imported anywhere: a private HOME for the token file Ray writes, and a private
+# RAY_TMPDIR for the `ray_current_cluster` record that ray.cluster_utils.Cluster writes into
+# $RAY_TMPDIR/ray/ (default /tmp/ray/, which does not exist on a machine where Ray never ran:
+# the multi-node tests failed there with FileNotFoundError).
 _SESSION_HOME = tempfile.mkdtemp(prefix="carray-home-")
 os.environ["HOME"] = _SESSION_HOME
+_RAY_TMPDIR = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray's socket paths live below it
+os.makedirs(os.path.join(_RAY_TMPDIR, "ray"), exist_ok=True)
+os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -55,22 +56,6 @@ def bucket(s3_server, request):
     name = "t" + format(abs(hash(request.node.nodeid)) % 10**10, "010d")
     s3_server.filesystem().create_dir(name)
     return s3_server.options(), name
-
-
-def png_bytes(array: np.ndarray, **save) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=save.pop("format", "PNG"), **save)
-    return buf.getvalue()
-
-
-def smooth_image(h: int, w: int, color: bool = False, seed: int = 0) -> np.ndarray:
-    """A natural-ish test image: smooth gradients plus texture, so JPEG has artifacts to add."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = 128 + 60 * np.sin(x / 9.0 + seed) * np.cos(y / 13.0) + rng.normal(0, 12, (h, w))
-    if color:
-        base = np.stack([base, np.roll(base, 7, axis=1), 255 - base], axis=2)
-    return np.clip(base, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture

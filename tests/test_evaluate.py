@@ -5,7 +5,7 @@ import pytest
 
 from carray.cli import main as cli_main
 from carray.model import build_model, save_model
-from conftest import DATA
+from support.images import DATA
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -20,8 +20,29 @@ def test_evaluate_classic5_reproduces_the_jpeg_row(tmp_path):
     assert len(rows) == 5
     mean = sum(float(r["jpeg_psnr"]) for r in rows) / 5
     assert abs(mean - 27.82) <= 0.02  # ANCHORS.md, Classic5 gray q10
-    assert "| q10 | 5 | 27.82 / 0.7595 / 25.21 |" in (out / "results.md").read_text()
+    assert "| q10 | 5 | 0 | 27.82 / 0.7595 / 25.21 |" in (out / "results.md").read_text()
     assert len(list((out / "figures").glob("*.png"))) == 1
+
+
+def test_evaluate_double_jpeg_and_per_image_errors(tmp_path):
+    """--double 30,10: compressed at 30, shifted by (4, 4), at 10 again; scored on the shifted original.
+    A file that is not an image is one error row, not the end of the report."""
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(DATA / "Classic5" / "lena.bmp", images)
+    (images / "broken.png").write_bytes(b"not an image")
+    model = tmp_path / "m.pt"
+    save_model(build_model("fast-arcnn"), str(model))
+    out = tmp_path / "report"
+    args = ["evaluate", "--images", str(images), "--quality", "10", "--double", "30,10", "--model", str(model), "--output", str(out), "--figures", "0"]
+    assert cli_main(args) == 0
+    rows = {(r["image"], r["setting"]): r for r in csv.DictReader(open(out / "results.csv"))}
+    single, double = rows[("lena.bmp", "q10")], rows[("lena.bmp", "q30>q10")]
+    assert float(double["jpeg_psnr"]) < float(single["jpeg_psnr"]), "compressed twice on shifted grids is worse"
+    assert rows[("broken.png", "q10")]["error"]
+    assert "| q30>q10 | 1 |" in (out / "results.md").read_text()
 
 
 def _mean_gain(out) -> float:

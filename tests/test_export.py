@@ -12,7 +12,8 @@ import torch
 
 from carray import jpeg
 from carray.images import decode_image
-from carray.model import build_model, load_model, model_bytes
+from carray.model import build_model, model_bytes
+from carray.modelfiles import load_model
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
@@ -81,3 +82,29 @@ def test_export_of_a_file_that_is_not_a_model_fails_clearly(tmp_path):
     assert result.returncode == 2
     assert "notes.pt" in result.stderr and "not a PyTorch/carray model" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".export-*"))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_quality_conditioned_model_exports_with_a_quality_input(tmp_path, fmt):
+    torch.manual_seed(1)
+    model = build_model("unshuffled-cnn", channels=1, quality_input=True)
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    source = tmp_path / "q.pt"
+    source.write_bytes(model_bytes(model))
+    out = tmp_path / f"q.{fmt}"
+    result = _export("--format", fmt, "--model", str(source), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    x = _compressed_crop(color=False).repeat(2, 1, 1, 1)
+    quality = torch.tensor([10.0, 90.0])
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["image", "quality"]
+        exported = torch.from_numpy(session.run(None, {"image": x.numpy(), "quality": quality.numpy()})[0])
+    else:
+        with torch.inference_mode():
+            exported = torch.jit.load(str(out))(x, quality)
+    with torch.inference_mode():
+        expected = model.eval()(x, quality).clamp(0, 1)
+    assert (exported - expected).abs().max().item() <= 1e-4
+    assert (exported[0] - exported[1]).abs().max().item() > 0, "the quality input is used"

@@ -25,7 +25,7 @@ from carray.model import build_model, save_model
 from carray.prep import run_prep
 from carray.restore import restore_image
 from carray.infer import from_row
-from conftest import png_bytes, smooth_image
+from support.images import png_bytes, smooth_image
 from support.faults import count_files, kill_process_group, kill_ray_actor, restart_server_when, wait_for
 from support.jobs import run_job, start_job
 
@@ -52,11 +52,11 @@ def collection(tmp_path_factory, ray_session):
 
 
 def assert_exactly_once(src: Path, dst: Path, reference: Path) -> None:
-    inputs = sorted(p.relative_to(src).with_suffix(".png").as_posix() for p in src.rglob("*.jpg"))
+    inputs = sorted(p.relative_to(src).as_posix() + ".png" for p in src.rglob("*.jpg"))
     outputs = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.png"))
     failures = [json.loads(line)["path"] for line in (dst / "_failures.jsonl").read_text().splitlines()]
     assert len(failures) == len(set(failures)) == 1 and failures == ["broken.jpg"]
-    assert sorted(outputs + [f.replace(".jpg", ".png") for f in failures]) == inputs
+    assert sorted(outputs + [f + ".png" for f in failures]) == inputs
     for rel in outputs:
         assert filecmp.cmp(dst / rel, reference / rel, shallow=False), f"{rel} differs from the undisturbed run"
     assert not list(dst.rglob("*.tmp")), "no temporary file is left"
@@ -88,12 +88,17 @@ def test_driver_killed_then_rerun(collection, tmp_path):
         Image.open(png).load()
     code, log = run_job("infer.py", args, tmp_path / "rerun.log")
     assert code == 0, log[-3000:]
-    assert f"{IMAGES - written} restored, {written} skipped" in log
+    assert f"{IMAGES - written} restored, 0 passed through unchanged, {written} skipped" in log
     assert_exactly_once(src, dst, reference)
 
 
 @pytest.mark.s3
 def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path, monkeypatch):
+    """The S3 server goes down for 2 s mid-run. What this proves: the outage never corrupts or
+    duplicates anything. The first run either rides it out (pyarrow's retries) or ends with the
+    affected images as failure lines (never a crash); either way a plain re-run then completes, and
+    every input ends exactly once, byte-identical to an undisturbed run. Whether the first run
+    survives depends on when the outage hits, so both outcomes are accepted, each checked."""
     src, model, reference = collection
     options, name = bucket
     fs = options.filesystem()
@@ -113,7 +118,10 @@ def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path
     args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", str(model)]
     first = cli_main(args)
     restart.join(timeout=120)
+    assert first in (0, 1), "the outage is reported as failures, not a crash"
     if first != 0 or outputs_in_bucket() < IMAGES:  # failed clearly: a re-run completes the rest
+        failures = fs.open_input_stream(f"{name}/out/_failures.jsonl").read().decode().splitlines()
+        assert len(failures) >= 2, "each image the outage hit is a failure line (besides broken.jpg)"
         assert cli_main(args) == 0
     local = tmp_path / "out"
     for info in fs.get_file_info(pafs.FileSelector(f"{name}/out", recursive=True)):
@@ -144,7 +152,7 @@ def test_training_worker_killed_resumes_from_checkpoint(tmp_path, ray_session):
     assert job.returncode == 0, log[-3000:]
     resumed = int(log.split("resuming from the checkpoint at step ")[1].split()[0])
     assert resumed >= saved * interval - interval, "at most one checkpoint interval of work is redone"
-    from carray.model import load_model
+    from carray.modelfiles import load_model
 
     model, training = load_model(str(out / "model.pt"))
     assert training["steps"] > 0

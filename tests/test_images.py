@@ -6,7 +6,7 @@ from PIL import Image
 
 from carray import images, jpeg
 from carray.images import ImageError, decode_image, encode_image
-from conftest import png_bytes, smooth_image
+from support.images import png_bytes, smooth_image
 
 
 def save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -58,10 +58,12 @@ def test_exif_orientation_is_applied_and_reset():
     img = Image.fromarray(arr)
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 CW to display
+    exif[0x010F] = "carray-camera"  # Make: the rest of the EXIF must survive
     out = decode_image(save(img, "JPEG", quality=95, exif=exif.tobytes()))
     assert out.pixels.shape == (20, 10)
     reread = Image.open(io.BytesIO(encode_image(out, "jpeg"))).getexif()
-    assert reread.get(0x0112) in (None, 1)
+    assert reread.get(0x010F) == "carray-camera", "EXIF is carried, not dropped"
+    assert reread.get(0x0112) in (None, 1), "the orientation is reset: the pixels are already upright"
 
 
 def test_icc_profile_is_carried():

@@ -10,9 +10,9 @@ from PIL import Image
 
 from carray import jpeg
 from carray.cli import main as cli_main
-from carray.infer import output_names
+from carray.infer import KILLED, SKIP_HIDDEN, SKIP_NOT_IMAGE, output_name
 from carray.model import build_model, save_model
-from conftest import png_bytes, smooth_image
+from support.images import DATA, png_bytes, smooth_image
 from support.jobs import run_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -68,18 +68,20 @@ def test_folder_with_bad_files_then_rerun_writes_nothing(tmp_path, model_file):
     good, bad = make_collection(src)
     args = ["infer", "--input", str(src), "--output", str(dst), "--model", model_file, "--max-pixels", "10000"]
     assert cli_main(args) == 0
-    names = output_names(sorted(good) + sorted(bad), "png")
     for rel, (_, size, mode) in good.items():
-        with Image.open(dst / names[rel]) as out:
+        with Image.open(dst / output_name(rel, "png")) as out:
             assert (out.size, out.mode) == (size, mode), rel
     failures = {f["path"]: f["reason"] for f in map(json.loads, (dst / "_failures.jsonl").read_text().splitlines())}
     assert set(failures) == set(bad)
     for rel, (_, reason) in bad.items():
         assert reason in failures[rel], (rel, failures[rel])
-    assert not any((dst / names[rel]).exists() for rel in bad)
+    assert not any((dst / output_name(rel, "png")).exists() for rel in bad)
     summary = json.loads((dst / "_summary.json").read_text())
-    assert (summary["restored"], summary["failed"], summary["skipped"]) == (len(good), len(bad), 0)
+    # The two PNGs have no JPEG tables: passed through, not restored (and not harmed).
+    assert (summary["restored"], summary["passed_through"], summary["failed"], summary["skipped"]) == (len(good) - 2, 2, len(bad), 0)
+    assert summary["seen"] == len(good) + len(bad)
     assert not [p for p in dst.rglob("*") if p.name.endswith(".tmp")], "no temporary file is left"
+    assert not (dst / "_carray").exists(), "the run's working files are cleaned up"
 
     before = {p: p.stat().st_mtime_ns for p in dst.rglob("*.png")}
     time.sleep(0.01)
@@ -104,7 +106,7 @@ def test_metadata_alpha_and_formats(tmp_path, model_file):
     with Image.open(dst / "meta.jpg.webp") as out:
         assert out.info.get("icc_profile") == icc
         assert out.getexif().get(0x010F) == "carray-test-camera"
-    with Image.open(dst / "meta.png.webp") as out:
+    with Image.open(dst / "meta.png.webp") as out:  # passed through (no tables), alpha kept
         assert out.mode == "RGBA"
 
 
@@ -128,8 +130,10 @@ def test_foreign_model_file_is_refused(tmp_path, capsys):
 
 
 def test_output_names_never_collide():
-    names = output_names(["a.jpg", "a.png", "b.jpg", "d/c.jpeg"], "png")
-    assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "b.jpg": "b.png", "d/c.jpeg": "d/c.png"}
+    inputs = ["a.jpg", "a.png", "a", "a.JPG", "b.jpg", "d/c.jpeg", "d/c.jpeg.png"]
+    names = [output_name(p, "png") for p in inputs]
+    assert len(set(names)) == len(inputs)
+    assert names[:2] == ["a.jpg.png", "a.png.png"]
 
 
 @pytest.mark.s3
@@ -146,9 +150,8 @@ def test_bucket_to_bucket(s3_server, bucket, tmp_path, model_file, monkeypatch):
         monkeypatch.setenv(key, value)
     args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", model_file, "--max-pixels", "10000"]
     assert cli_main(args) == 0
-    names = output_names(sorted(good) + sorted(bad), "png")
     for rel, (_, size, mode) in good.items():
-        with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{names[rel]}").read())) as out:
+        with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{output_name(rel, 'png')}").read())) as out:
             assert (out.size, out.mode) == (size, mode)
     failures = fs.open_input_stream(f"{name}/out/_failures.jsonl").read().decode().splitlines()
     assert {json.loads(line)["path"] for line in failures} == set(bad)
@@ -173,5 +176,181 @@ def test_shipped_models_restore_without_model_option(tmp_path):
     (tmp_path / "in" / "g.jpg").write_bytes(jpeg.compress(smooth_image(40, 48), 10))
     (tmp_path / "in" / "c.jpg").write_bytes(jpeg.compress(smooth_image(40, 48, color=True), 10))
     assert cli_main(["infer", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
-    assert Image.open(tmp_path / "out" / "g.png").mode == "L"
-    assert Image.open(tmp_path / "out" / "c.png").mode == "RGB"
+    assert Image.open(tmp_path / "out" / "g.jpg.png").mode == "L"
+    assert Image.open(tmp_path / "out" / "c.jpg.png").mode == "RGB"
+
+
+# --- restoration quality through the job (the shipped models) ---
+
+
+
+def _crop(path, mode, size=96):
+    return np.asarray(Image.open(path).convert(mode))[:size, :size].copy()
+
+
+def test_shipped_models_bring_every_image_closer_to_its_original(tmp_path):
+    """Gray JPEGs through the gray model, colour JPEGs through the colour model: each output is
+    closer to its original than its JPEG (a restorer that hands back its input fails this)."""
+    from carray import metrics
+
+    src = tmp_path / "in"
+    src.mkdir()
+    originals = {}
+    for name in ("barbara.bmp", "boats.bmp"):
+        originals[f"{name}.jpg"] = _crop(DATA / "Classic5" / name, "L")
+    for name in ("monarch.png", "parrots.png"):
+        originals[f"{name}.jpg"] = _crop(DATA / "LIVE1_color" / name, "RGB")
+    for rel, original in originals.items():
+        (src / rel).write_bytes(jpeg.compress(original, 10))
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out")]) == 0
+    for rel, original in originals.items():
+        degraded = np.asarray(Image.open(src / rel))
+        restored = np.asarray(Image.open(tmp_path / "out" / output_name(rel, "png")))
+        assert restored.shape == original.shape
+        gain = metrics.psnr(original, restored) - metrics.psnr(original, degraded)
+        assert gain > 0.3, (rel, gain)
+
+
+def test_quality_comes_from_the_tables_high_quality_is_not_harmed_and_lossless_passes(tmp_path):
+    from carray import metrics
+    from carray.modelfiles import load_model, shipped_path
+    from carray.restore import restore_pixels
+
+    model, _ = load_model(str(shipped_path("gray")))
+    original = _crop(DATA / "Classic5" / "lena.bmp", "L", 80)
+    src = tmp_path / "in"
+    src.mkdir()
+    # Named q10, but its tables say q90: it is restored as q90.
+    (src / "q10-photo.jpg").write_bytes(jpeg.compress(original, 90))
+    (src / "camera-q97.jpg").write_bytes(jpeg.compress(original, 97))
+    (src / "lossless.png").write_bytes(png_bytes(original))
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out")]) == 0
+    out = lambda rel: np.asarray(Image.open(tmp_path / "out" / output_name(rel, "png")))  # noqa: E731
+
+    q90 = np.asarray(Image.open(src / "q10-photo.jpg"))
+    assert np.array_equal(out("q10-photo.jpg"), restore_pixels(model, q90, quality=90))
+    assert not np.array_equal(out("q10-photo.jpg"), restore_pixels(model, q90, quality=10))
+    assert metrics.psnr(original, out("q10-photo.jpg")) >= metrics.psnr(original, q90) - 0.01
+    q97 = np.asarray(Image.open(src / "camera-q97.jpg"))
+    assert metrics.psnr(original, out("camera-q97.jpg")) >= metrics.psnr(original, q97)
+    assert np.array_equal(out("lossless.png"), original), "a lossless image comes out unharmed"
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["restored"] == 1 and summary["passed_through"] == 2
+
+    # The override restores everything as if its tables said Q, PNG included.
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "forced"), "--quality-override", "10"]) == 0
+    forced = np.asarray(Image.open(tmp_path / "forced" / "lossless.png.png"))
+    assert np.array_equal(forced, restore_pixels(model, original, quality=10))
+    assert not np.array_equal(forced, original)
+
+
+# --- collections: every input accounted for, manifests, retries ---
+
+
+def test_every_input_is_restored_or_counted_with_its_reason(tmp_path, model_file):
+    src = tmp_path / "in"
+    names = ["_DSC0001.jpg", "_raw/b.jpg", ".thumbs/a.jpg", "y.jfif", "x.JPEG", "z.jpe", "ok.jpg", "IMG 7.JPG"]
+    for i, rel in enumerate(names):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg.compress(smooth_image(24, 32, seed=i), 20))
+    (src / "notes.txt").write_text("not an image")
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out"), "--model", model_file]) == 0
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    visible = [n for n in names if not n.startswith(".")]
+    for rel in visible:
+        assert (tmp_path / "out" / output_name(rel, "png")).is_file(), rel
+    assert summary["restored"] == len(visible)
+    assert summary["skipped_by_reason"] == {SKIP_HIDDEN: 1, SKIP_NOT_IMAGE: 1}
+    assert summary["seen"] == len(names) + 1
+    assert len(summary["model_sha256"]["gray"]) == 64 and summary["carray_version"]
+    # Hidden folders on request.
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "all"), "--model", model_file, "--include-hidden"]) == 0
+    assert (tmp_path / "all" / ".thumbs" / "a.jpg.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
+def test_manifest_restores_exactly_its_keys(tmp_path, model_file, kind):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        (src / f"k{i}.jpg").write_bytes(jpeg.compress(smooth_image(24, 32, seed=i), 20))
+    keys = ["k1.jpg", "k3.jpg"]
+    manifest = tmp_path / f"keys.{kind}"
+    if kind == "txt":
+        manifest.write_text("\n".join(keys) + "\n")
+    elif kind == "csv":
+        manifest.write_text("key,size\n" + "".join(f"{k},1\n" for k in keys))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"key": keys}), manifest)
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out"), "--model", model_file, "--manifest", str(manifest)]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["k1.jpg.png", "k3.jpg.png"]
+
+
+def test_retry_failed_runs_only_the_last_failures(tmp_path, model_file):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(jpeg.compress(smooth_image(24, 32), 20))
+    (src / "late.jpg").write_bytes(b"still uploading")
+    assert cli_main(["infer", "--input", str(src), "--output", str(dst), "--model", model_file]) == 0
+    assert [json.loads(line)["path"] for line in (dst / "_failures.jsonl").read_text().splitlines()] == ["late.jpg"]
+    (src / "late.jpg").write_bytes(jpeg.compress(smooth_image(24, 32, seed=4), 20))
+    (src / "new.jpg").write_bytes(jpeg.compress(smooth_image(24, 32, seed=5), 20))
+    assert cli_main(["infer", "--input", str(src), "--output", str(dst), "--model", model_file, "--retry-failed"]) == 0
+    summary = json.loads((dst / "_summary.json").read_text())
+    assert (summary["restored"], summary["failed"], summary["seen"]) == (1, 0, 1)
+    assert (dst / "late.jpg.png").is_file() and not (dst / "new.jpg.png").exists()
+
+
+def test_an_image_that_keeps_killing_its_actor_becomes_a_failure_line(tmp_path, model_file):
+    """The tracker shows which image an actor is restoring; this test SIGKILLs the actor whenever
+    it restores the big one (as the OOM killer would). After --max-attempts 2 it is a failure."""
+    import ray
+    from support.faults import in_background, kill_ray_actor
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "big.jpg").write_bytes(jpeg.compress(smooth_image(3000, 3000), 20))
+    for i in range(3):
+        (src / f"small{i}.jpg").write_bytes(jpeg.compress(smooth_image(24, 32, seed=i), 20))
+    stop = __import__("threading").Event()
+
+    address = ray.get_runtime_context().gcs_address  # the session's Ray: other Rays may run on this machine
+
+    def killer():
+        from ray.util.state import list_actors
+
+        tracker = None
+        while tracker is None and not stop.is_set():  # the job's tracker, once it exists
+            found = list_actors(address=address, filters=[("class_name", "=", "JobTracker"), ("state", "=", "ALIVE")])
+            tracker = ray.get_actor(found[0].name, namespace="carray") if found else None
+            time.sleep(0.2)
+        killed = 0  # once per attempt: the tracker counts attempts of images in flight
+        while not stop.is_set():
+            try:
+                attempt = ray.get(tracker.in_flight.remote(), timeout=5).get("big.jpg", 0)
+            except Exception:
+                attempt = 0
+            if killed < attempt <= 2:  # while it is being restored (a third attempt is refused)
+                try:
+                    kill_ray_actor("MapWorker(MapBatches(Restorer))", address)
+                    killed = attempt
+                except LookupError:
+                    pass
+            time.sleep(0.05)
+
+    in_background(killer)
+    try:
+        code, log = run_job(
+            "infer.py", ["--input", str(src), "--output", str(tmp_path / "out"), "--model", model_file, "--max-attempts", "2", "--actors", "1"],
+            tmp_path / "log", timeout=400,
+        )
+    finally:
+        stop.set()
+    assert code == 0, log[-3000:]
+    failures = [json.loads(line) for line in (tmp_path / "out" / "_failures.jsonl").read_text().splitlines()]
+    assert [f["path"] for f in failures] == ["big.jpg"]
+    assert failures[0]["reason"] == KILLED.format(2)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"small{i}.jpg.png" for i in range(3)]

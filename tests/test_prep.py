@@ -9,7 +9,7 @@ from carray.cli import main as cli_main
 from carray.config import PrepConfig
 from carray.pairs import COLUMNS, patches_from_arrow
 from carray.prep import run_prep
-from conftest import png_bytes, smooth_image
+from support.images import png_bytes, smooth_image
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -109,3 +109,26 @@ def test_prep_bucket_to_bucket(s3_server, bucket, image_folder, monkeypatch):
 def test_s3_server_refuses_anonymous_requests(s3_server, bucket):
     _, name = bucket
     assert s3_server.anonymous_status(f"/{name}/") == 403
+
+
+def test_qualities_up_to_100_and_double_compression_are_recorded_per_patch(image_folder, tmp_path):
+    out = tmp_path / "out"
+    summary = run_prep(PrepConfig(input=str(image_folder), output=str(out), quality=("95", "100"), double=("20-40",), split="50/50/0"))
+    table = pads.dataset([str(out / "train"), str(out / "val")], format="parquet").to_table()
+    qualities = set(zip(table.column("quality").to_pylist(), table.column("first_quality").to_pylist()))
+    singles = {q for q, first in qualities if first == -1}
+    doubles = {(q, first) for q, first in qualities if first != -1}
+    assert singles == {95, 100}
+    assert doubles and all(q in (95, 100) and 20 <= first <= 40 for q, first in doubles)
+    # Double-compressed versions are cut from the image shifted by 1-7 pixels: fewer patches.
+    assert summary["patches"]["train"] + summary["patches"]["val"] > 6 * 20 * 2
+
+
+def test_pairs_mode_reads_each_jpeg_quality_from_its_tables(tmp_path):
+    root = tmp_path / "pairs"
+    root.mkdir()
+    clean = smooth_image(64, 64)
+    (root / "a.png").write_bytes(png_bytes(clean))
+    (root / "a.jpg").write_bytes(jpeg.compress(clean, 37))
+    run_prep(PrepConfig(input=str(root), output=str(tmp_path / "out"), pairs=True, split="100/0/0"))
+    assert set(read_split(tmp_path / "out", "train").column("quality").to_pylist()) == {37}

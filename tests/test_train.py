@@ -11,12 +11,12 @@ import pytest
 
 from carray import jpeg
 from carray.config import PrepConfig, TrainConfig
-from carray.model import load_model
+from carray.modelfiles import load_model
 from carray.prep import run_prep
 from carray.restore import restore_pixels
 from carray.train import DataError, inspect_data, run_train
 from carray.storage import resolve
-from conftest import smooth_image
+from support.images import smooth_image
 from support.jobs import run_job, start_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -27,7 +27,7 @@ def tiny_data(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("tiny")
     images = root / "images"
     images.mkdir()
-    from conftest import png_bytes
+    from support.images import png_bytes
 
     for i in range(8):
         (images / f"i{i}.png").write_bytes(png_bytes(smooth_image(96, 96, seed=i)))
@@ -111,3 +111,27 @@ def test_diverging_loss_stops_with_a_clear_error(tiny_data, tmp_path):
     assert code != 0
     assert "NaN/inf" in log and "last good checkpoint" in log
     assert list((out / "train").glob("checkpoint_*")), "the last good checkpoint stays"
+
+
+def test_init_from_a_model_file_adds_the_quality_input_and_keeps_the_weights(tiny_data, tmp_path):
+    """--init-from: the file's architecture and weights; --quality-input adds FiLM, starting as
+    the identity, so the first step starts exactly where the file's model was."""
+    import torch
+
+    from carray.model import build_model, save_model
+
+    torch.manual_seed(0)
+    base = build_model("unshuffled-cnn", channels=1, blocks=1, width=8)
+    for p in base.parameters():
+        p.data.normal_(0, 0.05)
+    save_model(base, str(tmp_path / "base.pt"), {"note": "base"})
+    summary = run_train(TrainConfig(
+        data=str(tiny_data), output=str(tmp_path / "run"), init_from=str(tmp_path / "base.pt"), quality_input=True,
+        steps=2, batch_size=8, lr=1e-9, val_every=1, checkpoint_every=1, val_patches=16,
+    ))
+    model, training = load_model(summary["model"])
+    assert model.arch == "unshuffled-cnn" and model.args["blocks"] == 1 and model.args["quality_input"]
+    assert training["init_from"]["file"].endswith("base.pt")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():  # lr 1e-9: the fine-tuned model is still the file's model at any quality
+        assert torch.allclose(model(x, torch.tensor([10.0])), base.eval()(x), atol=1e-4)

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import ray
-from ray.cluster_utils import Cluster
+# Before Ray is imported: Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster
+# (default /tmp/ray, absent on a new machine). A folder of this run's own keeps that record
+# private and makes sure the folder exists.
+_TEMP = tempfile.mkdtemp(prefix="crm-", dir="/tmp")
+os.makedirs(os.path.join(_TEMP, "ray"), exist_ok=True)
+os.environ["RAY_TMPDIR"] = _TEMP
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
 
 from carray.config import InferConfig
 from carray.infer import run_infer
@@ -30,8 +38,7 @@ def main() -> None:
     parser.add_argument("--remove-worker-after", type=int, default=0)
     args = parser.parse_args()
 
-    # A private temp dir: the head records its address there, not in the machine-wide /tmp/ray.
-    temp_dir = tempfile.mkdtemp(prefix="crm-", dir="/tmp")
+    temp_dir = _TEMP
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": None, "temp_dir": temp_dir})
     workers = [cluster.add_node(num_cpus=1, temp_dir=temp_dir) for _ in range(args.workers)]
     cluster.wait_for_nodes()

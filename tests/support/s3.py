@@ -64,7 +64,7 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def options(self) -> S3Options:
-        return S3Options(endpoint_url=self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+        return S3Options(endpoint_url=self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, create_bucket=True)
 
     def filesystem(self) -> pafs.S3FileSystem:
         return self.options().filesystem()

@@ -1,0 +1,106 @@
+"""Throughput of the shipped network's forward pass per precision and tile batch, pure PyTorch
+(no Ray: the GPU machines we borrow have PyTorch but not Ray).
+
+Tiles of --tile pixels (with the margin the infer job reads around each) are batched --tile-batch at
+a time into one forward pass, pinned host memory and non-blocking copies in and out, as a restoring
+actor would run them. Prints megapixels/s of output per (precision, tile batch), the ratio to fp32
+with a batch of 1 measured in the same run, and the share of the card's peak FLOP/s.
+
+    python bench/gpu.py                          # CUDA if present, else the CPU path (fp32 only)
+    python bench/gpu.py --precisions fp32 fp16 bf16 --batches 1 4 16 --tile 512
+    python bench/gpu.py --peak-tflops 989        # a card not in the table below (dense fp16/bf16)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from carray.model import load_model_bytes, multiply_adds_per_pixel  # noqa: E402  (no Ray in carray.model)
+
+MODELS = Path(__file__).resolve().parents[1] / "carray" / "models"
+# Dense peak TFLOP/s from the vendors' data sheets: (fp32 without tensor cores, fp16/bf16 tensor cores).
+PEAKS = {"H100 SXM": (67.0, 989.0), "H100 PCIe": (51.0, 756.0), "H100": (67.0, 989.0), "H200": (67.0, 989.0),
+         "A100": (19.5, 312.0), "L4": (30.3, 121.0), "A10": (31.2, 125.0)}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def peak_tflops(device: torch.device, precision: str, override: float) -> float:
+    if override:
+        return override
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    for key, (fp32, half) in PEAKS.items():
+        if key in name:
+            return fp32 if precision == "fp32" else half
+    return 0.0
+
+
+def measure(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float) -> float:
+    """Output megapixels/s: `batch` windows of (tile + 2 margin)^2 per forward, core tile^2 kept."""
+    side = tile + 2 * margin
+    channels = model.args["channels"]
+    host = torch.rand(batch, channels, side, side).pin_memory() if device.type == "cuda" else torch.rand(batch, channels, side, side)
+    quality = torch.full((batch,), 30.0, device=device)
+    out_host = torch.empty(batch, channels, tile, tile, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES else torch.autocast(device.type, enabled=False)
+
+    def step():
+        x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            y = model(x, quality)
+        out_host.copy_(y[..., margin : margin + tile, margin : margin + tile].float(), non_blocking=True)
+
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: cuDNN / oneDNN pick their kernels for these shapes
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started, steps = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            step()
+            steps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    return steps * batch * tile * tile / 1e6 / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(MODELS / "gray.pt"))
+    parser.add_argument("--precisions", nargs="+", default=None, help="fp32 fp16 bf16 (default: all on CUDA, fp32 on CPU)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's peak, when it is not in the table")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_model_bytes(Path(args.model).read_bytes(), args.model)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    margin = -(-model.receptive_radius // 8) * 8
+    flops_per_pixel = 2 * multiply_adds_per_pixel(model.cpu().float()) * ((args.tile + 2 * margin) / args.tile) ** 2
+    model = model.to(device, memory_format=torch.channels_last)
+    precisions = args.precisions or (["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name} | model {model.arch} {model.args} | tile {args.tile} + margin {margin} | "
+          f"{flops_per_pixel / 1e3:.0f} kFLOP per output pixel (margins included)")
+    print(f"{'precision':>9} {'tile batch':>10} {'MP/s':>9} {'x fp32 b1':>10} {'% of peak':>10}")
+    baseline = None
+    for precision in precisions:
+        for batch in args.batches:
+            rate = measure(model, device, precision, batch, args.tile, margin, args.seconds)
+            baseline = baseline or rate
+            peak = peak_tflops(device, precision, args.peak_tflops)
+            share = f"{100 * rate * 1e6 * flops_per_pixel / (peak * 1e12):9.1f}%" if peak else f"{'n/a':>10}"
+            print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""How a JPEG was compressed, read from its quantization tables. No Ray here.
+
+Every JPEG carries the tables its encoder divided the DCT coefficients by. Those tables, not the
+file's name or a guess from its pixels, say how strong the artifacts are. We summarise them as the
+IJG (libjpeg) quality whose luminance table is nearest in log scale, so tables from libjpeg/Pillow
+map back to exactly the quality they were made at and other encoders' tables (cameras, Photoshop)
+to the libjpeg quality that quantizes as coarsely. The networks are conditioned on that number.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+#: The JPEG standard's (Annex K) luminance table in natural (row-major) order, the base of IJG quality.
+STANDARD_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    dtype=np.float64,
+)
+
+QUALITIES = np.arange(1, 101)
+
+
+def ijg_table(quality: int, base: np.ndarray = STANDARD_LUMA) -> np.ndarray:
+    """The table libjpeg's jpeg_set_quality(quality, force_baseline=TRUE) makes from `base`."""
+    q = int(np.clip(quality, 1, 100))
+    scale = 5000 / q if q < 50 else 200 - 2 * q
+    return np.clip(np.floor((base * scale + 50) / 100), 1, 255)
+
+
+_LOG_TABLES = np.log(np.stack([ijg_table(q) for q in QUALITIES]))
+
+
+def quality_from_tables(tables: dict) -> Optional[int]:
+    """Pillow's ``Image.quantization`` ({table id: 64 values, natural order}) -> IJG quality 1..100.
+
+    Uses the luminance table (id 0). Returns None when there is no usable table.
+    """
+    luma = tables.get(0) if tables else None
+    if luma is None or len(luma) != 64:
+        return None
+    distance = np.abs(_LOG_TABLES - np.log(np.clip(np.asarray(luma, dtype=np.float64), 1, None))).sum(axis=1)
+    return int(QUALITIES[int(np.argmin(distance))])
+
+
+def jpeg_quality(data: bytes) -> Optional[int]:
+    """The IJG quality of JPEG bytes (from the header alone, no decoding), or None for anything
+    that is not a JPEG with tables."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "JPEG":
+                return None
+            return quality_from_tables(getattr(img, "quantization", None) or {})
+    except Exception:  # not an image at all: the decoder reports that, not us
+        return None
+
+
+#: Default for :attr:`Policy.pass_through_from`: JPEGs of this IJG quality or above are left as
+#: they are. Chosen on held-out training images (docs/models.md): above it no model here gains.
+PASS_THROUGH_FROM = 96
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which inputs to restore, and at what quality. The default never makes an image worse:
+
+    - a JPEG is restored at the quality its own quantization tables say (carray/quality.py);
+    - a JPEG at ``pass_through_from`` or above is passed through untouched (nothing to gain);
+    - an image without tables (PNG, WebP, BMP, TIFF) is passed through: it may be lossless;
+    - ``override`` (--quality-override Q) restores every image as if its tables said Q: for
+      JPEGs re-saved at a high quality after heavy compression (their tables lie), edited ones,
+      or screenshots of JPEGs saved as PNG. Higher Q, gentler restoration.
+    """
+
+    override: Optional[int] = None
+    pass_through_from: int = PASS_THROUGH_FROM
+
+    def decide(self, quality: Optional[int]) -> tuple[Optional[int], str]:
+        """The file's IJG quality (None: no tables) -> (quality to restore at, "") or
+        (None, why the image is passed through: one of the PASSED_* reasons)."""
+        if self.override is not None:
+            return int(self.override), ""
+        if quality is None:
+            return None, PASSED_NOT_JPEG
+        if quality >= self.pass_through_from:
+            return None, PASSED_HIGH_QUALITY.format(self.pass_through_from)
+        return quality, ""
+
+
+PASSED_NOT_JPEG = "not a JPEG: no quantization tables, may be lossless (--quality-override Q restores it)"
+PASSED_HIGH_QUALITY = "JPEG quality {} or above: no artifacts worth removing (--quality-override Q restores it)"

@@ -1,0 +1,47 @@
+"""Storage on the real S3 server: writes are all-or-nothing, buckets are never created by accident."""
+import pyarrow.fs as pafs
+import pytest
+
+from carray import storage
+from carray.cli import main as cli_main
+from carray.storage import S3Options
+
+pytestmark = pytest.mark.s3
+
+
+def test_an_interrupted_s3_write_publishes_nothing(bucket):
+    options, name = bucket
+    fs = options.filesystem()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with storage.atomic_output(fs, f"{name}/out/part.bin") as stream:
+            stream.write(b"a" * (6 * 2**20))  # more than one multipart part
+            raise RuntimeError("interrupted mid-write")
+    assert fs.get_file_info(f"{name}/out/part.bin").type == pafs.FileType.NotFound
+    storage.write_bytes_atomic(fs, f"{name}/out/whole.bin", b"b" * 10)
+    assert fs.open_input_stream(f"{name}/out/whole.bin").read() == b"b" * 10
+
+
+def test_a_missing_output_bucket_is_an_error_unless_asked_to_create_it(s3_server, tmp_path, monkeypatch, capsys):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")  # never read: the bucket check comes first
+    args = ["infer", "--input", str(tmp_path / "in"), "--output", "s3://no-such-bucket-x1/out"]
+    assert cli_main(args) == 2
+    assert "bucket 'no-such-bucket-x1' does not exist" in capsys.readouterr().err
+    admin = s3_server.filesystem()
+    assert admin.get_file_info("no-such-bucket-x1").type == pafs.FileType.NotFound, "no bucket was made"
+    fs, path = storage.resolve("s3://made-on-request-x1/out", S3Options(create_bucket=True))
+    storage.make_output_root(fs, path, "s3://made-on-request-x1/out", create_bucket=True)
+    assert admin.get_file_info("made-on-request-x1").type == pafs.FileType.Directory
+
+
+def test_session_tokens_travel_with_the_keys(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-from-sso")
+    fs = S3Options(endpoint_url="http://127.0.0.1:9").filesystem()
+    # The filesystem pickles to every worker; its credentials must include the session token.
+    import pickle
+
+    assert b"token-from-sso" in pickle.dumps(fs)
