@@ -27,7 +27,7 @@ INFER_DESCRIPTION = (
     "Restore a collection of JPEGs (folder, s3://bucket/prefix, or a --manifest of keys) into OUTPUT "
     "with Ray Data: one file per input at its relative path plus the format's extension, written "
     "atomically. Each JPEG is restored at the quality its own quantization tables say; JPEGs of "
-    "quality 96 and above and images without tables (PNG, WebP, ...) are passed through unchanged "
+    "quality 95 and above and images without tables (PNG, WebP, ...) are passed through unchanged "
     "unless --quality-override is given. Bad files are listed in OUTPUT/_failures.jsonl and never "
     "stop the job; OUTPUT/_summary.json counts every input (restored, passed through, skipped, "
     "failed, with reasons); a re-run skips what is done. Exits non-zero when the input is missing "

@@ -15,6 +15,7 @@ stops the job; an image whose actor dies ``--max-attempts`` times becomes a fail
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
 import threading
@@ -45,6 +46,9 @@ PROGRESS_EVERY_S = 10.0
 # Rows per block after planning: blocks are the unit Ray Data hands to a task or an actor, and a
 # listing part of 100 k keys left whole would go through one actor.
 ROWS_PER_BLOCK = 4
+# Every task asks for half a CPU, like CPU actors: a node with one CPU then always fits an actor
+# and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes are never scheduled).
+READ_CPUS = {"num_cpus": 0.5}
 
 SKIP_EXISTS = "output exists (--overwrite restores it again)"
 SKIP_HIDDEN = "hidden: a folder or file name starts with '.' (--include-hidden restores it)"
@@ -128,6 +132,11 @@ def read_and_decode(row: dict, *, src_fs: pafs.FileSystem, src_root: str, max_pi
         data = storage.read_bytes(src_fs, storage.join(src_root, path))
     except (OSError, storage.StorageError) as exc:
         return _empty_row(path, output, error=f"cannot read: {exc}")
+    return decode_to_row(path, output, data, max_pixels)
+
+
+def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int]) -> dict:
+    """A file's bytes -> a row with its pixels and JPEG quality, or the reason it cannot be used."""
     try:
         return to_row(path, output, decode_image(data, max_pixels), jpeg_quality(data))
     except ImageError as exc:
@@ -327,29 +336,72 @@ def list_into_parts(src_fs, src_root: str, dst_fs, listing_root: str, include_hi
     return parts, written, skipped
 
 
-def _relative_keys(batch: dict, *, column: str, prefix: str) -> dict:
-    """Manifest rows -> relative keys: `column` of each row, made relative to --input's prefix
-    when it is a full key under it (S3 Inventory lists bucket keys)."""
-    keys = []
-    for key in batch[column]:
-        key = str(key).strip()
-        if prefix and key.startswith(prefix + "/"):
-            key = key[len(prefix) + 1 :]
-        keys.append(key)
-    return {"key": keys}
+KEY_CHUNK = 10_000  # keys per output batch when reading key files: bounded memory per task
+
+
+def _relative(key: str, prefix: str) -> str:
+    key = key.strip()
+    return key[len(prefix) + 1 :] if prefix and key.startswith(prefix + "/") else key
+
+
+def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: Optional[list], prefix: str):
+    """map_batches generator: each key file of the batch -> batches of {"key": [...]}, streamed in
+    chunks of KEY_CHUNK (a part of millions of keys never sits whole in one task's memory).
+    kind: 'text' (one key a line), 'csv' (a header, or `names` for headerless inventory parts;
+    .gz read as gzip; keys URL-decoded when `names` is given, as S3 Inventory encodes them) or
+    'parquet'. Keys are made relative to `prefix` when they are full keys under it."""
+    import pyarrow.csv as pacsv
+    from urllib.parse import unquote
+
+    for path in batch["path"]:
+        path = str(path)
+        if kind == "parquet":
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                name = column if column in parquet.schema_arrow.names else parquet.schema_arrow.names[0]
+                for part in parquet.iter_batches(batch_size=KEY_CHUNK, columns=[name]):
+                    yield {"key": [_relative(str(k), prefix) for k in part.column(0).to_pylist()]}
+            continue
+        compression = "gzip" if path.endswith(".gz") else None
+        with fs.open_input_stream(path, compression=compression) as f:
+            if kind == "text":
+                chunk = []
+                for line in io.TextIOWrapper(f, encoding="utf-8"):
+                    if line.strip():
+                        chunk.append(_relative(line, prefix))
+                    if len(chunk) >= KEY_CHUNK:
+                        yield {"key": chunk}
+                        chunk = []
+                if chunk:
+                    yield {"key": chunk}
+                continue
+            read_options = pacsv.ReadOptions(column_names=names) if names else pacsv.ReadOptions()
+            reader = pacsv.open_csv(f, read_options=read_options, convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in (names or [])} or None))
+            name = column if column in reader.schema.names else reader.schema.names[0]
+            for part in reader:
+                keys = part.column(name).to_pylist()
+                yield {"key": [_relative(unquote(str(k)) if names else str(k), prefix) for k in keys]}
+
+
+def keys_dataset(paths: list[str], fs, kind: str, column: Optional[str] = "key", names: Optional[list] = None, prefix: str = ""):
+    """A Dataset with one `key` column from key files, one task per file, streamed: the way both
+    listings and manifests enter the pipeline. (Not ray.data.read_*: their file-listing step asks
+    for a whole CPU, which a 1-CPU node beside a half-CPU actor never has.)"""
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    return ds.map_batches(
+        read_key_files, batch_size=1, fn_kwargs=dict(fs=fs, kind=kind, column=column, names=names, prefix=prefix), **READ_CPUS
+    )
 
 
 def read_manifest(location: str, s3, src_root: str):
     """A Ray Dataset with one `key` column from a manifest: text (one key a line), CSV or Parquet
-    with a `key` column, or an S3 Inventory manifest.json (its CSV or Parquet parts). Read by
-    Ray Data in parallel; keys relative to --input."""
-    from urllib.parse import unquote
-
+    with a `key` column, or an S3 Inventory manifest.json (its CSV or Parquet parts, one task each).
+    Keys relative to --input (an inventory lists bucket keys: the --input prefix is taken off)."""
     fs, path = storage.resolve(location, s3)
     if not storage.exists(fs, path):
         raise storage.StorageError(f"--manifest {location}: does not exist")
     name = path.lower()
-    prefix = src_root.split("/", 1)[1] if "/" in src_root and storage.is_uri(location) else ""
     if name.endswith("manifest.json"):  # S3 Inventory: {"fileFormat", "fileSchema", "files": [{"key"}], ...}
         inventory = json.loads(storage.read_bytes(fs, path))
         bucket = path.split("/", 1)[0]
@@ -357,33 +409,15 @@ def read_manifest(location: str, s3, src_root: str):
         if not files:
             raise storage.StorageError(f"--manifest {location}: an inventory manifest that lists no files")
         fmt = str(inventory.get("fileFormat", "CSV")).upper()
-        columns = [c.strip() for c in str(inventory.get("fileSchema", "")).split(",")]
+        prefix = src_root.split("/", 1)[1] if "/" in src_root else ""
         if fmt == "PARQUET":
-            ds = ray.data.read_parquet(files, filesystem=fs, columns=["key"])
-        elif fmt == "CSV":
-            import pyarrow.csv as pacsv
-
-            ds = ray.data.read_csv(
-                files, filesystem=fs, arrow_open_stream_args={"compression": "gzip"},
-                read_options=pacsv.ReadOptions(column_names=columns or ["Bucket", "Key"]),
-                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}),
-            )
-            column = "Key" if "Key" in columns else "key"
-            # CSV inventories URL-encode their keys.
-            ds = ds.map_batches(lambda b: {"key": [unquote(str(k)) for k in b[column]]}, batch_format="numpy")
-        else:
-            raise storage.StorageError(f"--manifest {location}: inventory format {fmt} is not supported (CSV or Parquet)")
-        return ds.map_batches(_relative_keys, fn_kwargs={"column": "key", "prefix": prefix}, batch_format="numpy")
-    if name.endswith(".parquet"):
-        ds = ray.data.read_parquet(path, filesystem=fs)
-        column = "key" if "key" in ds.schema().names else ds.schema().names[0]
-    elif name.endswith(".csv"):
-        ds = ray.data.read_csv(path, filesystem=fs)
-        column = "key" if "key" in ds.schema().names else ds.schema().names[0]
-    else:  # text: one key a line
-        ds = ray.data.read_text(path, filesystem=fs, drop_empty_lines=True)
-        column = "text"
-    return ds.map_batches(_relative_keys, fn_kwargs={"column": column, "prefix": ""}, batch_format="numpy")
+            return keys_dataset(files, fs, "parquet", column="key", prefix=prefix)
+        if fmt == "CSV":
+            columns = [c.strip() for c in str(inventory.get("fileSchema", "Bucket, Key")).split(",")]
+            return keys_dataset(files, fs, "csv", column="Key" if "Key" in columns else columns[1], names=columns, prefix=prefix)
+        raise storage.StorageError(f"--manifest {location}: inventory format {fmt} is not supported (CSV or Parquet)")
+    kind = "parquet" if name.endswith(".parquet") else "csv" if name.endswith((".csv", ".csv.gz")) else "text"
+    return keys_dataset([path], fs, kind)
 
 
 def failures_as_manifest(dst_fs, dst_root: str) -> Optional[list[str]]:
@@ -478,7 +512,7 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
         keys = failures_as_manifest(dst_fs, dst_root)
         if keys is None:
             raise storage.StorageError(f"--retry-failed: {cfg.output}/{FAILURES_FILE} does not exist (no earlier run)")
-        keys_ds, total, overwrite = ray.data.from_items([{"key": k} for k in keys]), len(keys), True
+        keys_ds, total, overwrite = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=max(1, len(keys) // KEY_CHUNK)), len(keys), True
         say(f"carray: retrying the {total} inputs of the last {FAILURES_FILE}")
     elif cfg.manifest:
         keys_ds = read_manifest(cfg.manifest, cfg.s3(), src_root)
@@ -488,20 +522,22 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
         say(f"carray: listed {total} images in {cfg.input}" + "".join(f"; {n} skipped: {r}" for r, n in listed_skips.items()))
         if not total:
             raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        keys_ds = ray.data.read_parquet(parts, filesystem=dst_fs)
+        keys_ds = keys_dataset(parts, dst_fs, "parquet")
 
     # Named, so that an operator (or a fault test) can look at what is in flight.
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu)
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason})")
-    # Tasks ask for half a CPU, like CPU actors: a node with one CPU then always fits an actor
-    # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes never get scheduled).
-    task_cpus = {"num_cpus": 0.5}
+    task_cpus = READ_CPUS
+    # Small blocks: a block is what Ray Data hands to one task or actor call, so blocks of a few
+    # keys (and, after decoding, of one image) spread the work over every actor. (Not
+    # Dataset.repartition: its task asks for a whole CPU, which a 1-CPU node beside a half-CPU
+    # actor never has.)
+    ray.data.DataContext.get_current().target_max_block_size = 1
     ds = keys_ds.map_batches(
-        plan_batch, batch_size=256, batch_format="numpy", **task_cpus,
+        plan_batch, batch_size=ROWS_PER_BLOCK, batch_format="numpy", **task_cpus,
         fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
     )
-    ds = ds.repartition(target_num_rows_per_block=ROWS_PER_BLOCK)
     ds = ds.map(read_and_decode, fn_kwargs={"src_fs": src_fs, "src_root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
     ds = ds.map_batches(
         Restorer,

@@ -62,7 +62,7 @@ def jpeg_quality(data: bytes) -> Optional[int]:
 
 #: Default for :attr:`Policy.pass_through_from`: JPEGs of this IJG quality or above are left as
 #: they are. Chosen on held-out training images (docs/models.md): above it no model here gains.
-PASS_THROUGH_FROM = 96
+PASS_THROUGH_FROM = 95
 
 
 @dataclass(frozen=True)

@@ -51,16 +51,22 @@ def _mean_gain(out) -> float:
 
 
 def test_shipped_gray_model_keeps_its_readme_promise_on_classic5(tmp_path):
-    """README: the shipped gray model beats ARCNN's published Classic5 q10 (29.03 dB; JPEG 27.82)."""
+    """README: the shipped gray model beats ARCNN's published Classic5 q10 (29.03 dB; JPEG 27.82),
+    and high-quality JPEGs come out no worse than they went in (q90 restored gently, q95 passed)."""
     out = tmp_path / "gray"
-    assert cli_main(["evaluate", "--images", str(DATA / "Classic5"), "--quality", "10", "--output", str(out), "--figures", "0"]) == 0
+    assert cli_main(["evaluate", "--images", str(DATA / "Classic5"), "--quality", "10", "90", "95", "--output", str(out), "--figures", "0"]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert sum(float(r["carray_psnr"]) for r in rows) / len(rows) >= 29.03
-    assert all(float(r["carray_psnr"]) > float(r["jpeg_psnr"]) for r in rows)
+    q10 = [r for r in rows if r["quality"] == "10"]
+    assert sum(float(r["carray_psnr"]) for r in q10) / len(q10) >= 29.03
+    assert all(float(r["carray_psnr"]) > float(r["jpeg_psnr"]) for r in q10)
+    for quality in ("90", "95"):
+        group = [r for r in rows if r["quality"] == quality]
+        assert sum(float(r["carray_psnr"]) - float(r["jpeg_psnr"]) for r in group) >= 0, quality
 
 
 def test_shipped_colour_model_gains_a_decibel_in_rgb_at_q10(tmp_path):
-    """The colour model (trained on CBSD68 only) on the bundled LIVE1 colour images, RGB PSNR."""
+    """The colour model on the bundled LIVE1 colour images, RGB PSNR: at least the +1.3 dB at q10
+    the README reports for all of LIVE1."""
     out = tmp_path / "colour"
     assert cli_main(["evaluate", "--images", str(DATA / "LIVE1_color"), "--color", "--quality", "10", "--output", str(out), "--figures", "0"]) == 0
-    assert _mean_gain(out) >= 1.0
+    assert _mean_gain(out) >= 1.3

@@ -20,7 +20,7 @@ from PIL import Image
 from carray import jpeg
 from carray.cli import main as cli_main
 from carray.config import PrepConfig
-from carray.infer import decode_row, encode_row
+from carray.infer import decode_to_row, encode_row
 from carray.model import build_model, save_model
 from carray.prep import run_prep
 from carray.restore import restore_image
@@ -211,11 +211,11 @@ def mutated_jpegs(draw):
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_jpegs())
 def test_fuzzed_jpegs_end_as_output_or_failure(data):
-    row = decode_row({"bytes": data, "path": "fuzz.jpg"}, root="", max_pixels=4_000_000)
+    row = decode_to_row("fuzz.jpg", "fuzz.jpg.png", data, max_pixels=4_000_000)
     if row["error"]:
         assert isinstance(row["error"], str) and row["error"]
         return
-    restored = restore_image(_FUZZ_MODEL, from_row(row))
+    restored = restore_image(_FUZZ_MODEL, from_row(row), quality=None if row["quality"] < 0 else row["quality"])
     row["pixels"] = restored.pixels.tobytes()
     out = encode_row(row, fmt="png", quality=95)
     assert out["error"] or Image.open(io.BytesIO(out["data"])).size == (row["width"], row["height"])

@@ -354,3 +354,31 @@ def test_an_image_that_keeps_killing_its_actor_becomes_a_failure_line(tmp_path, 
     assert [f["path"] for f in failures] == ["big.jpg"]
     assert failures[0]["reason"] == KILLED.format(2)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"small{i}.jpg.png" for i in range(3)]
+
+
+@pytest.mark.s3
+def test_s3_inventory_manifest(s3_server, bucket, tmp_path, model_file, monkeypatch):
+    """An S3 Inventory report (manifest.json + gzipped CSV parts, URL-encoded keys) as --manifest."""
+    import gzip
+    from urllib.parse import quote
+
+    options, name = bucket
+    fs = options.filesystem()
+    keys = ["photos/a b.jpg", "photos/sub/c.jpg", "photos/d.jpg"]
+    for i, key in enumerate(keys):
+        with fs.open_output_stream(f"{name}/{key}") as f:
+            f.write(jpeg.compress(smooth_image(24, 32, seed=i), 20))
+    listed = keys[:2]  # the inventory lists two of the three
+    part = "inventory/src/cfg/data/part-0.csv.gz"
+    with fs.open_output_stream(f"{name}/{part}") as f:
+        f.write(gzip.compress("".join(f'"{name}","{quote(k)}","100"\n' for k in listed).encode()))
+    manifest = {"sourceBucket": name, "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size", "files": [{"key": part}]}
+    with fs.open_output_stream(f"{name}/inventory/src/cfg/2026-11-25T00-00Z/manifest.json") as f:
+        f.write(json.dumps(manifest).encode())
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    args = ["infer", "--input", f"s3://{name}/photos", "--output", f"s3://{name}/out", "--model", model_file,
+            "--manifest", f"s3://{name}/inventory/src/cfg/2026-11-25T00-00Z/manifest.json"]
+    assert cli_main(args) == 0
+    written = sorted(i.path for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{name}/out", recursive=True)) if i.path.endswith(".png"))
+    assert written == [f"{name}/out/a b.jpg.png", f"{name}/out/sub/c.jpg.png"]
