@@ -49,6 +49,9 @@ ROWS_PER_BLOCK = 4
 # Every task asks for half a CPU, like CPU actors: a node with one CPU then always fits an actor
 # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes are never scheduled).
 READ_CPUS = {"num_cpus": 0.5}
+# Reading keys and planning ask for less: Ray Data fuses consecutive stages with the same resources
+# into one task, and one task must not decode every image of a 100 k-key listing part by itself.
+PLAN_CPUS = {"num_cpus": 0.25}
 
 SKIP_EXISTS = "output exists (--overwrite restores it again)"
 SKIP_HIDDEN = "hidden: a folder or file name starts with '.' (--include-hidden restores it)"
@@ -147,8 +150,30 @@ def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int]
         return _empty_row(path, output, error=f"cannot decode: {type(exc).__name__}: {exc}")
 
 
+def rowwise(batch: dict, *, fn, **kwargs) -> dict:
+    """map_batches adapter for a row function. map_batches with a small batch_size, not map():
+    Ray Data bundles small input blocks (a few keys) into one task for map(), which put a whole
+    listing part's decoding in a single task; with batch_size the bundles stay that small."""
+    rows = [fn({k: batch[k][i] for k in batch}, **kwargs) for i in range(len(next(iter(batch.values()))))]
+    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def encode_and_write(row: dict, *, fmt: str, quality: int, dst_fs, dst_root: str) -> dict:
+    """map_batches stage: encode the restored pixels and write the output file (atomically) as soon
+    as it is ready; hands on a small row (no pixels, no bytes) for the sink's counts. (Writing in
+    the sink instead let Ray Data gather every block into one write task at the end.)"""
+    out = encode_row(row, fmt=fmt, quality=quality)
+    if not out["error"] and not out["skipped"]:
+        try:
+            storage.write_bytes_atomic(dst_fs, storage.join(dst_root, out["output"]), out["data"])
+        except OSError as exc:
+            out["error"] = f"cannot write the output: {exc}"
+    out["data"] = b""
+    return out
+
+
 def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
-    """map() stage: restored (or passed-through) pixels -> output file bytes."""
+    """Restored (or passed-through) pixels -> output file bytes."""
     out = {k: row[k] for k in ("path", "output", "error", "skipped", "passed", "node")}
     out.update(data=b"", megapixels=0.0)
     if row["error"] or row["skipped"]:
@@ -245,8 +270,9 @@ class Restorer:
 
 
 class ImageSink(Datasink):
-    """Writes one file per input at its output name, atomically, and this write task's failure
-    lines as one part file; returns small counts only, so the driver holds nothing per image."""
+    """Counts what the rows say (the outputs were written by :func:`encode_and_write`) and writes
+    this task's failure lines as one part file; returns small counts only, so the driver holds
+    nothing per image."""
 
     def __init__(self, fs: pafs.FileSystem, root: str, tracker=None):
         self.fs, self.root, self.tracker = fs, root, tracker
@@ -262,11 +288,6 @@ class ImageSink(Datasink):
                 if row["skipped"]:
                     counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
                     continue
-                if not row["error"]:
-                    try:
-                        storage.write_bytes_atomic(self.fs, storage.join(self.root, row["output"]), row["data"])
-                    except OSError as exc:
-                        row = dict(row, error=f"cannot write the output: {exc}")
                 if row["error"]:
                     failures.append({"path": row["path"], "reason": row["error"]})
                     counts["failed"] += 1
@@ -277,7 +298,15 @@ class ImageSink(Datasink):
                     counts["megapixels"] += row["megapixels"]
                     counts["nodes"].add(row["node"])
         if failures:  # on storage now: a driver that dies later loses none of them
-            storage.write_jsonl(self.fs, storage.join(self.root, WORK_DIR, "failures", f"{uuid.uuid4().hex}.jsonl"), failures)
+            part = storage.join(self.root, WORK_DIR, "failures", f"{uuid.uuid4().hex}.jsonl")
+            for wait in (1, 2, 4, 8, 16, 0):  # a store that is briefly away (restarts) must not end the job
+                try:
+                    storage.write_jsonl(self.fs, part, failures)
+                    break
+                except OSError:
+                    if not wait:
+                        raise
+                    time.sleep(wait)
         if self.tracker is not None:
             flat = {"restored": counts["restored"], "failed": counts["failed"], "megapixels": counts["megapixels"],
                     "passed": sum(counts["passed"].values()), "skipped": sum(counts["skipped"].values())}
@@ -336,7 +365,10 @@ def list_into_parts(src_fs, src_root: str, dst_fs, listing_root: str, include_hi
     return parts, written, skipped
 
 
-KEY_CHUNK = 10_000  # keys per output batch when reading key files: bounded memory per task
+# Keys per output batch when reading key files: each batch becomes a block of its own (the run
+# sets a tiny target block size), and a block is what Ray Data hands to one task or actor call,
+# so small batches spread decoding and restoring over every task and actor.
+KEY_CHUNK = ROWS_PER_BLOCK
 
 
 def _relative(key: str, prefix: str) -> str:
@@ -362,8 +394,12 @@ def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: 
                 for part in parquet.iter_batches(batch_size=KEY_CHUNK, columns=[name]):
                     yield {"key": [_relative(str(k), prefix) for k in part.column(0).to_pylist()]}
             continue
-        compression = "gzip" if path.endswith(".gz") else None
-        with fs.open_input_stream(path, compression=compression) as f:
+        data = storage.read_bytes(fs, path)
+        if path.endswith(".gz"):  # inventory parts; one part is tens of MB at most
+            import gzip
+
+            data = gzip.decompress(data)
+        with pa.BufferReader(data) as f:
             if kind == "text":
                 chunk = []
                 for line in io.TextIOWrapper(f, encoding="utf-8"):
@@ -390,7 +426,7 @@ def keys_dataset(paths: list[str], fs, kind: str, column: Optional[str] = "key",
     for a whole CPU, which a 1-CPU node beside a half-CPU actor never has.)"""
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
     return ds.map_batches(
-        read_key_files, batch_size=1, fn_kwargs=dict(fs=fs, kind=kind, column=column, names=names, prefix=prefix), **READ_CPUS
+        read_key_files, batch_size=1, fn_kwargs=dict(fs=fs, kind=kind, column=column, names=names, prefix=prefix), **PLAN_CPUS
     )
 
 
@@ -533,12 +569,15 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
     # keys (and, after decoding, of one image) spread the work over every actor. (Not
     # Dataset.repartition: its task asks for a whole CPU, which a 1-CPU node beside a half-CPU
     # actor never has.)
-    ray.data.DataContext.get_current().target_max_block_size = 1
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, 1
     ds = keys_ds.map_batches(
-        plan_batch, batch_size=ROWS_PER_BLOCK, batch_format="numpy", **task_cpus,
+        plan_batch, batch_size=ROWS_PER_BLOCK, batch_format="numpy", **PLAN_CPUS,
         fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
     )
-    ds = ds.map(read_and_decode, fn_kwargs={"src_fs": src_fs, "src_root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus)
+    ds = ds.map_batches(
+        rowwise, batch_size=1, fn_kwargs={"fn": read_and_decode, "src_fs": src_fs, "src_root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus
+    )
     ds = ds.map_batches(
         Restorer,
         fn_constructor_kwargs={
@@ -551,10 +590,16 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
         num_gpus=pool.gpus,
         scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
     )
-    ds = ds.map(encode_row, fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality}, **task_cpus)
+    ds = ds.map_batches(
+        rowwise, batch_size=1, **task_cpus,
+        fn_kwargs={"fn": encode_and_write, "fmt": cfg.format, "quality": cfg.jpeg_quality, "dst_fs": dst_fs, "dst_root": dst_root},
+    )
     sink = ImageSink(dst_fs, dst_root, tracker)
-    with _ProgressPrinter(tracker, total, say):
-        ds.write_datasink(sink)
+    try:
+        with _ProgressPrinter(tracker, total, say):
+            ds.write_datasink(sink)
+    finally:  # the context belongs to the process: a later job here gets its own default back
+        context.target_max_block_size = block_size
 
     failed = merge_failure_parts(dst_fs, dst_root)
     storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR))

@@ -48,8 +48,10 @@ def test_shipped_gray_model_exports_to_onnx_and_matches_pytorch(tmp_path):
     assert {p.key for p in proto.metadata_props} >= {"carray_arch", "carray_receptive_radius"}
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = _compressed_crop(color=False)
-    exported = session.run(None, {"image": x.numpy()})[0]
-    expected = _pytorch(model, x).numpy()
+    quality = torch.tensor([10.0])  # the shipped models are conditioned on the JPEG quality
+    exported = session.run(None, {"image": x.numpy(), "quality": quality.numpy()})[0]
+    with torch.inference_mode():
+        expected = model.eval()(x, quality).clamp(0, 1).numpy()
     assert exported.shape == expected.shape == (1, 1, 101, 131)
     assert np.abs(exported - expected).max() <= 1e-4
     assert np.abs(exported - x.numpy()).max() > 1e-2  # it restores: not the identity

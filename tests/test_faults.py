@@ -88,7 +88,13 @@ def test_driver_killed_then_rerun(collection, tmp_path):
         Image.open(png).load()
     code, log = run_job("infer.py", args, tmp_path / "rerun.log")
     assert code == 0, log[-3000:]
-    assert f"{IMAGES - written} restored, 0 passed through unchanged, {written} skipped" in log
+    # Writes run in Ray's tasks, not in the driver: one in flight when the driver died may still
+    # have finished, so the re-run skips at least what was there when the kill was seen.
+    import re
+
+    restored = int(re.search(r"infer: (\d+) restored", log).group(1))
+    exists = int(re.search(r"skipped: (\d+) — output exists", log).group(1))
+    assert restored + exists == IMAGES and exists >= written, log[-2000:]
     assert_exactly_once(src, dst, reference)
 
 

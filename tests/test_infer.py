@@ -304,12 +304,14 @@ def test_retry_failed_runs_only_the_last_failures(tmp_path, model_file):
     assert (dst / "late.jpg.png").is_file() and not (dst / "new.jpg.png").exists()
 
 
-def test_an_image_that_keeps_killing_its_actor_becomes_a_failure_line(tmp_path, model_file):
+def test_an_image_that_keeps_killing_its_actor_becomes_a_failure_line(tmp_path):
     """The tracker shows which image an actor is restoring; this test SIGKILLs the actor whenever
     it restores the big one (as the OOM killer would). After --max-attempts 2 it is a failure."""
     import ray
     from support.faults import in_background, kill_ray_actor
 
+    model_file = str(tmp_path / "arcnn.pt")  # ARCNN: slow enough (seconds for the big image) to be caught
+    save_model(build_model("arcnn"), model_file)
     src = tmp_path / "in"
     src.mkdir()
     (src / "big.jpg").write_bytes(jpeg.compress(smooth_image(3000, 3000), 20))
