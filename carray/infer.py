@@ -1,8 +1,9 @@
 """infer: restore a JPEG collection from a folder or bucket into another, on Ray Data.
 
-    keys (a --manifest read by Ray Data, or the input listed into Parquet parts as it is walked)
+    keys (a --manifest, or the input listed into Parquet parts as it is walked; read by our tasks)
     -> plan (tasks: output name, already done?) -> read + decode (tasks) -> Restorer (actor pool,
-    one model per actor, GPUs when present) -> encode (tasks) -> ImageSink (one file per input)
+    one model per actor, GPUs when present) -> encode + write (tasks: one file per input) ->
+    ImageSink (counts, failure parts)
 
 Nothing on the driver grows with the collection: keys stream from storage, each row computes its
 own output name (:func:`output_name`) and checks its own output, and the write tasks record the

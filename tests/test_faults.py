@@ -81,8 +81,8 @@ def test_driver_killed_then_rerun(collection, tmp_path):
     args = ["--input", str(src), "--output", str(dst), "--model", str(model)]
     driver = start_job("infer.py", args, tmp_path / "killed.log")
     wait_for(lambda: count_files(dst, "*.png") >= 3 or driver.poll() is not None, what="the first outputs")
-    kill_process_group(driver)
     written = count_files(dst, "*.png")
+    kill_process_group(driver)
     assert 0 < written < IMAGES, "killed part-way"
     for png in dst.rglob("*.png"):  # what is visible is complete
         Image.open(png).load()
