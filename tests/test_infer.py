@@ -10,7 +10,7 @@ from PIL import Image
 
 from carray import jpeg
 from carray.cli import main as cli_main
-from carray.infer import KILLED, SKIP_HIDDEN, SKIP_NOT_IMAGE, output_name
+from carray.infer import SKIP_HIDDEN, SKIP_NOT_IMAGE, output_name
 from carray.model import build_model, save_model
 from support.images import DATA, png_bytes, smooth_image
 from support.jobs import run_job
@@ -302,60 +302,6 @@ def test_retry_failed_runs_only_the_last_failures(tmp_path, model_file):
     summary = json.loads((dst / "_summary.json").read_text())
     assert (summary["restored"], summary["failed"], summary["seen"]) == (1, 0, 1)
     assert (dst / "late.jpg.png").is_file() and not (dst / "new.jpg.png").exists()
-
-
-def test_an_image_that_keeps_killing_its_actor_becomes_a_failure_line(tmp_path):
-    """The tracker shows which image an actor is restoring; this test SIGKILLs the actor whenever
-    it restores the big one (as the OOM killer would). After --max-attempts 2 it is a failure."""
-    import ray
-    from support.faults import in_background, kill_ray_actor
-
-    model_file = str(tmp_path / "arcnn.pt")  # ARCNN: slow enough (seconds for the big image) to be caught
-    save_model(build_model("arcnn"), model_file)
-    src = tmp_path / "in"
-    src.mkdir()
-    (src / "big.jpg").write_bytes(jpeg.compress(smooth_image(3000, 3000), 20))
-    for i in range(3):
-        (src / f"small{i}.jpg").write_bytes(jpeg.compress(smooth_image(24, 32, seed=i), 20))
-    stop = __import__("threading").Event()
-
-    address = ray.get_runtime_context().gcs_address  # the session's Ray: other Rays may run on this machine
-
-    def killer():
-        from ray.util.state import list_actors
-
-        tracker = None
-        while tracker is None and not stop.is_set():  # the job's tracker, once it exists
-            found = list_actors(address=address, filters=[("class_name", "=", "JobTracker"), ("state", "=", "ALIVE")])
-            tracker = ray.get_actor(found[0].name, namespace="carray") if found else None
-            time.sleep(0.2)
-        killed = 0  # once per attempt: the tracker counts attempts of images in flight
-        while not stop.is_set():
-            try:
-                attempt = ray.get(tracker.in_flight.remote(), timeout=5).get("big.jpg", 0)
-            except Exception:
-                attempt = 0
-            if killed < attempt <= 2:  # while it is being restored (a third attempt is refused)
-                try:
-                    kill_ray_actor("MapWorker(MapBatches(Restorer))", address)
-                    killed = attempt
-                except LookupError:
-                    pass
-            time.sleep(0.05)
-
-    in_background(killer)
-    try:
-        code, log = run_job(
-            "infer.py", ["--input", str(src), "--output", str(tmp_path / "out"), "--model", model_file, "--max-attempts", "2", "--actors", "1"],
-            tmp_path / "log", timeout=400,
-        )
-    finally:
-        stop.set()
-    assert code == 0, log[-3000:]
-    failures = [json.loads(line) for line in (tmp_path / "out" / "_failures.jsonl").read_text().splitlines()]
-    assert [f["path"] for f in failures] == ["big.jpg"]
-    assert failures[0]["reason"] == KILLED.format(2)
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"small{i}.jpg.png" for i in range(3)]
 
 
 @pytest.mark.s3
