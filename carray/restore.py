@@ -2,7 +2,7 @@
 
 Tiles overlap by at least the network's receptive field, and each tile keeps only its core, so
 the stitched image equals running the network on the whole image (up to float rounding), while
-memory stays bounded by one tile whatever the image size.
+the network's activations stay bounded by one tile whatever the image size (the image itself is held whole).
 """
 from __future__ import annotations
 
