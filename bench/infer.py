@@ -1,18 +1,28 @@
 """Inference throughput and memory: the infer job against a plain PyTorch loop, same images, same
-cores, in one command.
+cores, in one command. Every figure is a ratio against a baseline measured in the same run.
 
-    python bench/infer.py                 # bundled LIVE1 gray (4 times) at JPEG q10, the shipped architecture
-    python bench/infer.py --arch arcnn --copies 2
+    python bench/infer.py                       # every case below
+    python bench/infer.py --cases small large   # some of them
+    python bench/infer.py --large-mp 100        # the 100 MP memory check
 
-1. Throughput: megapixels/s of the Ray Data job (2 CPUs, after a warm-up run) against a loop that
-   only decodes, runs the same model on the same tiles and encodes (no Ray, torch threads = CPUs).
-2. Memory: peak resident memory of all the job's processes (driver + Ray) restoring 50 and 500
-   small images (128x128 crops), each in a fresh Ray; it should stay flat.
+Cases:
+  collection  MP/s of the job on the bundled LIVE1 gray JPEGs (x4) against a decode-model-encode loop
+              (no Ray, torch threads = CPUs, same model, same tiles).
+  small       images/s on 3000 JPEGs of 128x128 against the same loop on them; the driver's peak RSS.
+  large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
+              (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
+  driver      the driver's peak RSS for 10 k and 100 k inputs (all but 64 already done, so the run
+              measures what the driver holds per input, not restoration).
+The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
+start-up and the tail included).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,12 +36,15 @@ from PIL import Image
 from carray import jpeg
 from carray.config import InferConfig
 from carray.images import decode_image, encode_image
-from carray.quality import jpeg_quality
 from carray.infer import run_infer
-from carray.model import ARCHITECTURES, build_model, save_model
+from carray.modelfiles import load_model, shipped_path
+from carray.quality import jpeg_quality
 from carray.restore import prepare_model, restore_image
+from carray.runtime import SYSTEM_CONFIG
 
 from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, quality: int = 10) -> None:
@@ -43,34 +56,58 @@ def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, 
         if crop:
             y, x = (i * 37) % (img.shape[0] - crop), (i * 53) % (img.shape[1] - crop)
             img = img[y : y + crop, x : x + crop]
-        (folder / f"{i:04d}.jpg").write_bytes(jpeg.compress(img, quality))
+        (folder / f"{i:05d}.jpg").write_bytes(jpeg.compress(img, quality))
 
 
-def plain_loop(folder: Path, model_path: str, threads: int) -> float:
-    from carray.modelfiles import load_model
+def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
+    """A square gray JPEG of about `megapixels`: LIVE1 images side by side (real textures)."""
+    side = int((megapixels * 1e6) ** 0.5) // 8 * 8
+    sources = [np.asarray(Image.open(p).convert("L")) for p in sorted(BUNDLED.glob("*.png"))]
+    canvas = np.zeros((side, side), np.uint8)
+    y = i = 0
+    while y < side:
+        x, row_height = 0, 0
+        while x < side:
+            img = sources[i % len(sources)]
+            i += 1
+            h, w = min(img.shape[0], side - y), min(img.shape[1], side - x)
+            canvas[y : y + h, x : x + w] = img[:h, :w]
+            x, row_height = x + w, max(row_height, h)
+        y += row_height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jpeg.compress(canvas, quality))
 
+
+def plain_loop(folder: Path, model_path: str, threads: int) -> tuple[float, float]:
+    """(MP/s, images/s) of decode -> model -> PNG encode, one image after the other, no Ray."""
     torch.set_num_threads(threads)
     model = prepare_model(load_model(model_path)[0], torch.device("cpu"))
+    paths = sorted(folder.glob("*.jpg"))
     started, pixels = time.perf_counter(), 0
-    for path in sorted(folder.glob("*.jpg")):
+    for path in paths:
         data = path.read_bytes()
         image = decode_image(data)
         encode_image(restore_image({"gray": model}, image, quality=jpeg_quality(data)), "png")
         pixels += image.pixels.shape[0] * image.pixels.shape[1]
-    return pixels / 1e6 / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return pixels / 1e6 / seconds, len(paths) / seconds
 
 
-def _tree_rss() -> int:
-    """Resident bytes of this process and all its descendants (Ray's raylet, workers...), from /proc."""
-    parents, rss = {}, {}
+def tree_memory(detail: bool = False):
+    """Proportional set size (PSS: resident pages, each shared page split between the processes
+    that map it, so shared libraries and Ray's object store count once) of this process and all its
+    descendants (Ray's raylet, workers...), from /proc. detail: also {pid: (name, bytes)}."""
+    parents, pss, names = {}, {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/status") as f:
-                rss[int(entry)] = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+                stat = f.read()
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            names[int(entry)] = stat.split("(", 1)[1].rsplit(")", 1)[0]
+            with open(f"/proc/{entry}/smaps_rollup") as f:
+                pss[int(entry)] = next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
         except (OSError, StopIteration, ValueError):
             continue
     tree, frontier = {os.getpid()}, [os.getpid()]
@@ -78,65 +115,138 @@ def _tree_rss() -> int:
         children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(pid, 0) for pid in tree)
+    total = sum(pss.get(pid, 0) for pid in tree)
+    return (total, {pid: (names.get(pid, "?"), pss.get(pid, 0)) for pid in tree}) if detail else total
 
 
-def peak_memory_of_job(src: Path, dst: Path, model_path: str, cpus: int) -> float:
-    """Peak summed RSS (GiB) of this process and its Ray children during one infer job."""
-    ray.init(num_cpus=cpus, logging_level="ERROR", include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    peak, stop = 0, threading.Event()
+class PeakMemory:
+    """Samples tree_memory() every second while in the `with` block; keeps the breakdown at the peak."""
 
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss())
-            time.sleep(0.2)
+    def __enter__(self):
+        self.peak, self.at_peak, self.stop = 0, {}, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    run_infer(InferConfig(input=str(src), output=str(dst), model=model_path))
-    stop.set()
-    sampler.join()
-    ray.shutdown()
-    return peak / 2**30
+    def _sample(self):
+        while not self.stop.is_set():
+            total, detail = tree_memory(detail=True)
+            if total > self.peak:
+                self.peak, self.at_peak = total, detail
+            time.sleep(1.0)  # reading smaps of every process is not free: sample sparingly
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def job(src: Path, dst: Path, model_path: str, **options) -> dict:
+    return run_infer(InferConfig(input=str(src), output=str(dst), model=model_path, **options), say=lambda line: None)
+
+
+def job_in_subprocess(src: Path, dst: Path, model_path: str, address: str) -> dict:
+    """The job as users run it (its own driver process), on this bench's Ray; its summary."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "carray", "infer", "--input", str(src), "--output", str(dst), "--model", model_path,
+                    "--address", address], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((dst / "_summary.json").read_text())
+
+
+def case_collection(tmp: Path, model_path: str, cpus: int, copies: int) -> dict:
+    make_jpegs(tmp / "live1", count=29 * copies)
+    loop_mp, _ = plain_loop(tmp / "live1", model_path, cpus)
+    summary = job(tmp / "live1", tmp / "live1-out", model_path)
+    ratio = summary["megapixels_per_second"] / loop_mp
+    print(f"collection: {summary['seen']} LIVE1 JPEGs ({summary['megapixels']:.1f} MP): job {summary['megapixels_per_second']:.3f} MP/s, "
+          f"loop {loop_mp:.3f} MP/s, ratio {ratio:.2f}")
+    return {"loop_mp_per_s": loop_mp, "job_mp_per_s": summary["megapixels_per_second"], "ratio": ratio}
+
+
+def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str) -> dict:
+    make_jpegs(tmp / "small", count=count, crop=128)
+    _, loop_images = plain_loop(tmp / "small", model_path, cpus)
+    summary = job_in_subprocess(tmp / "small", tmp / "small-out", model_path, address)
+    ratio = summary["images_per_second"] / loop_images
+    print(f"small: {count} JPEGs of 128x128: job {summary['images_per_second']:.1f} images/s, loop {loop_images:.1f} images/s, "
+          f"ratio {ratio:.2f}; driver peak RSS {summary['driver_peak_rss_mb']:.0f} MB")
+    return {"loop_images_per_s": loop_images, "job_images_per_s": summary["images_per_second"], "ratio": ratio,
+            "driver_peak_rss_mb": summary["driver_peak_rss_mb"]}
+
+
+def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None) -> dict:
+    make_large_jpeg(tmp / "large" / "scan.jpg", megapixels)
+    time.sleep(2)  # let the previous job's workers exit
+    idle = tree_memory()
+    with PeakMemory() as peak:
+        summary = job(tmp / "large", tmp / "large-out", model_path)
+    above = (peak.peak - idle) / 2**30
+    line = (f"large: one {summary['megapixels']:.1f} MP gray JPEG: {summary['megapixels_per_second']:.3f} MP/s in {summary['seconds']:.0f} s; "
+            f"peak memory (PSS) of all processes {above:.2f} GiB above idle Ray ({idle / 2**30:.2f} GiB)")
+    biggest = sorted(peak.at_peak.values(), key=lambda item: -item[1])[:6]
+    print("  at the peak: " + ", ".join(f"{name} {size / 2**20:.0f} MB" for name, size in biggest))
+    if loop_mp:
+        line += f"; ratio to the loop's collection MP/s {summary['megapixels_per_second'] / loop_mp:.2f}"
+    print(line)
+    return {"mp_per_s": summary["megapixels_per_second"], "peak_above_idle_gib": above}
+
+
+def case_driver(tmp: Path, model_path: str, address: str) -> dict:
+    """Inputs of a few hundred bytes; all but 64 already have their output, so the job plans,
+    skips and counts every input while restoring only a few."""
+    tiny = jpeg.compress(np.full((8, 8), 128, np.uint8), 50)
+    peaks = {}
+    for count in (10_000, 100_000):
+        src, dst = tmp / f"d{count}", tmp / f"d{count}-out"
+        for i in range(count):
+            folder = f"{i // 1000:03d}"
+            (src / folder).mkdir(parents=True, exist_ok=True)
+            (src / folder / f"{i:06d}.jpg").write_bytes(tiny)
+            if i >= 64:
+                (dst / folder).mkdir(parents=True, exist_ok=True)
+                (dst / folder / f"{i:06d}.jpg.png").write_bytes(b"done")
+        summary = job_in_subprocess(src, dst, model_path, address)
+        assert summary["seen"] == count and summary["restored"] == 64, summary
+        peaks[count] = summary["driver_peak_rss_mb"]
+        print(f"driver: {count} inputs in {summary['seconds']:.0f} s, driver peak RSS {peaks[count]:.0f} MB")
+    ratio = peaks[100_000] / peaks[10_000]
+    print(f"driver: peak RSS 100 k / 10 k inputs: {ratio:.2f}")
+    return {"driver_peak_rss_mb": peaks, "ratio": ratio}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="unshuffled-cnn", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored: the job's fixed "
-                        "start-up (two actor processes importing torch and loading the model, ~3 CPU-s) is then a small share")
+    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "driver"],
+                        choices=["collection", "small", "large", "driver"])
+    parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
+    parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
+    parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
+    parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    model_path = args.model or str(shipped_path("gray"))
+    results = {"cpus": args.cpus, "model": model_path}
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token written to ~/.ray by a bench
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         tmp = Path(tmp)
-        model_path = str(tmp / "model.pt")
-        save_model(build_model(args.arch), model_path)  # the cost does not depend on the weights
-        make_jpegs(tmp / "live1", count=29 * args.copies)
-        make_jpegs(tmp / "warm", count=4, crop=128)
-
-        loop_rate = plain_loop(tmp / "live1", model_path, args.cpus)
-
-        ray.init(num_cpus=args.cpus, logging_level="ERROR", include_dashboard=False)
+        # As the job's own private Ray and cluster/local.sh start it (carray.runtime.SYSTEM_CONFIG).
+        context = ray.init(num_cpus=args.cpus, logging_level="ERROR", include_dashboard=False, _system_config=SYSTEM_CONFIG)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        run_infer(InferConfig(input=str(tmp / "warm"), output=str(tmp / "warm-out"), model=model_path))
-        summary = run_infer(InferConfig(input=str(tmp / "live1"), output=str(tmp / "live1-out"), model=model_path))
+        address = context.address_info["gcs_address"]
+        make_jpegs(tmp / "warm", count=4, crop=128)
+        job(tmp / "warm", tmp / "warm-out", model_path)  # workers started, kernels built
+        if "collection" in args.cases:
+            results["collection"] = case_collection(tmp, model_path, args.cpus, args.copies)
+        if "small" in args.cases:
+            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address)
+        if "large" in args.cases:
+            loop_mp = results.get("collection", {}).get("loop_mp_per_s")
+            results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp)
+        if "driver" in args.cases:
+            results["driver"] = case_driver(tmp, model_path, address)
         ray.shutdown()
-        ray_rate = summary["megapixels_per_second"]
-        print(f"{args.arch} on {summary['seen']} LIVE1 JPEGs (each image {args.copies} times) ({summary['megapixels']:.1f} MP), {args.cpus} CPUs")
-        print(f"plain PyTorch loop (decode, model, encode): {loop_rate:6.3f} MP/s")
-        print(f"infer job (Ray Data, actor pool):          {ray_rate:6.3f} MP/s")
-        print(f"ratio ray/loop: {ray_rate / loop_rate:.2f}")
-
-        if not args.skip_memory:
-            peaks = {}
-            for count in (50, 500):
-                make_jpegs(tmp / f"m{count}", count=count, crop=128)
-                peaks[count] = peak_memory_of_job(tmp / f"m{count}", tmp / f"m{count}-out", model_path, args.cpus)
-            print(f"peak RSS, all processes: 50 images {peaks[50]:.2f} GiB, 500 images {peaks[500]:.2f} GiB, "
-                  f"ratio {peaks[500] / peaks[50]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

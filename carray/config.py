@@ -266,6 +266,12 @@ class InferConfig(RestoreOptions, ClusterOptions):
     )
     max_attempts: int = option(3, help="An image whose restoring actor dies this many times (out of memory?) becomes a failure line; the job goes on.")
     actors: int = option(0, help="Restoring actors (one model each); 0 = one per GPU, or one per CPU.")
+    split_above: float = option(
+        16.0,
+        help="Images above this many megapixels are cut into --tile tiles that every actor restores (and "
+        "stitched back, exactly equal to restoring them whole): a scan or a panorama then uses the whole "
+        "cluster, with memory per actor bounded by a pack of tiles. 0 = never cut.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,29 +1,33 @@
 """infer: restore a JPEG collection from a folder or bucket into another, on Ray Data.
 
     keys (a --manifest, or the input listed into Parquet parts as it is walked; read by our tasks)
-    -> plan (tasks: output name, already done?) -> read + decode (tasks) -> Restorer (actor pool,
-    one model per actor, GPUs when present) -> encode + write (tasks: one file per input) ->
-    ImageSink (counts, failure parts)
+    -> plan (tasks: output name, already done?) -> read + decode (tasks: the quality to restore at,
+    large images cut into tiles) -> Restorer (actor pool, one model per actor, GPUs when present)
+    -> encode + write (tasks: one file per input; tiles stored, the last one stitches) -> ImageSink
+    (counts, failure parts)
 
-Nothing on the driver grows with the collection: keys stream from storage, each row computes its
-own output name (:func:`output_name`) and checks its own output, and the write tasks record the
-failures as they go (parts in ``OUTPUT/_carray/failures/``, merged into ``_failures.jsonl`` at the
-end; readable even if the driver died). Every input is accounted for in ``_summary.json``:
-restored, passed through (by reason), skipped (by reason) or failed. Rows carry an ``error``
-column: a stage that fails on one image records why and passes the row on, so bad input never
-stops the job; an image whose actor dies ``--max-attempts`` times becomes a failure line.
+Rows are *packs* of images (see :func:`to_packs`): a task or actor call handles dozens of small
+images at once, or a few tiles of a large one. Nothing on the driver grows with the collection:
+keys stream from storage, each row computes its own output name (:func:`output_name`) and checks
+its own output, and the write tasks record the failures as they go (parts in
+``OUTPUT/_carray/failures/``, merged into ``_failures.jsonl`` at the end; readable even if the
+driver died). Every input is accounted for in ``_summary.json``: restored, passed through (by
+reason), skipped (by reason) or failed. Rows carry an ``error`` column: a stage that fails on one
+image records why and passes the row on, so bad input never stops the job; an image whose actor
+dies ``--max-attempts`` times becomes a failure line.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import posixpath
 import threading
 import time
 import uuid
 from dataclasses import asdict
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -33,20 +37,19 @@ import ray
 from ray.data import Datasink
 
 from . import __version__, storage
-from .config import InferConfig
 from .errors import OptionError
 from .images import IMAGE_EXTENSIONS, OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image
-from .modelfiles import model_files
+from .patches import plan_tiles
 from .quality import Policy, jpeg_quality
+
+if TYPE_CHECKING:  # the stages run in task processes that need not import torch (config does)
+    from .config import InferConfig
 
 FAILURES_FILE = storage.FAILURES_FILE
 SUMMARY_FILE = "_summary.json"
 WORK_DIR = "_carray"  # inside the output: the listing's parts and the failure parts of this run
 LISTING_PART_ROWS = 100_000  # keys per Parquet part of a listing: bounds the driver's memory
 PROGRESS_EVERY_S = 10.0
-# Rows per block after planning: blocks are the unit Ray Data hands to a task or an actor, and a
-# listing part of 100 k keys left whole would go through one actor.
-ROWS_PER_BLOCK = 4
 # Every task asks for half a CPU, like CPU actors: a node with one CPU then always fits an actor
 # and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes are never scheduled).
 READ_CPUS = {"num_cpus": 0.5}
@@ -79,16 +82,59 @@ def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
     return ""
 
 
-# --- rows: Arrow-friendly columns between the stages ---
+# --- packs: the rows of the Dataset ---
+#
+# A row is a *pack*: a few images (or tiles of one large image) that one task or actor call
+# handles together, every column a list with one entry per image. Ray Data's per-block cost (a
+# task or an actor call, an object) is then paid once per pack: 64 thumbnails cost about what one
+# photo costs. Packs hold at most PACK_KEYS keys and, once decoded, about PACK_PIXELS pixels; an
+# image above --split-above megapixels becomes tiles (see split_into_tiles) spread over packs, so
+# every actor restores part of it.
 
-
+PACK_KEYS = 64
+PACK_PIXELS = 1_000_000
 NO_QUALITY = -1  # the row's file has no JPEG quantization tables
+WHOLE = -1  # the `tile` of an image that is not cut into tiles
+
+IMAGE_TYPES = {
+    "path": pa.string(), "output": pa.string(), "pixels": pa.binary(), "height": pa.int32(), "width": pa.int32(),
+    "channels": pa.int32(), "alpha": pa.binary(), "icc": pa.binary(), "exif": pa.binary(), "quality": pa.int32(),
+    "tile": pa.int32(), "tiles": pa.int32(), "crop": pa.list_(pa.int32()),
+    "error": pa.string(), "skipped": pa.string(), "passed": pa.string(), "node": pa.string(),
+}
+# What the write stage hands to the sink: no pixels. `part` is "tile" for a tile whose image is not
+# complete yet (counted in megapixels only) and "" for an image.
+RESULT_TYPES = {
+    "path": pa.string(), "output": pa.string(), "error": pa.string(), "skipped": pa.string(), "passed": pa.string(),
+    "node": pa.string(), "part": pa.string(), "megapixels": pa.float64(),
+}
+PLAN_TYPES = {"path": pa.string(), "output": pa.string(), "skipped": pa.string()}
+
+
+def to_packs(packs: list[list[dict]], types: dict) -> pa.Table:
+    schema = pa.schema([(name, pa.list_(t)) for name, t in types.items()])
+    return pa.Table.from_pylist([{k: [image[k] for image in pack] for k in types} for pack in packs], schema=schema)
+
+
+def unpack(table: pa.Table) -> list[list[dict]]:
+    """A batch of packs -> per pack, its images as dicts."""
+    packs = []
+    for row in table.to_pylist():
+        names = list(row)
+        packs.append([{k: row[k][i] for k in names} for i in range(len(row[names[0]]))])
+    return packs
+
+
+def per_image(table: pa.Table, *, fn, types: dict = IMAGE_TYPES, **kwargs) -> pa.Table:
+    """map_batches adapter: `fn` on every image of every pack, packs kept as they are."""
+    return to_packs([[fn(image, **kwargs) for image in pack] for pack in unpack(table)], types)
 
 
 def _empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dict:
     return {
         "path": path, "output": output, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"",
-        "exif": b"", "quality": NO_QUALITY, "error": error, "skipped": skipped, "passed": "", "node": "",
+        "exif": b"", "quality": NO_QUALITY, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
+        "passed": "", "node": "",
     }
 
 
@@ -112,23 +158,26 @@ def from_row(row: dict) -> DecodedImage:
     return DecodedImage(pixels=pixels, alpha=alpha, icc=bytes(row["icc"]) or None, exif=bytes(row["exif"]) or None)
 
 
-def plan_batch(batch: dict, *, fmt: str, dst_fs: pafs.FileSystem, dst_root: str, overwrite: bool, include_hidden: bool) -> dict:
-    """map_batches stage: key -> (path, output, skipped). "Already done" is decided here, per row,
-    by looking for the row's own output."""
-    paths = [str(p) for p in batch["key"]]
-    outputs = [output_name(p, fmt) for p in paths]
-    skipped = [skip_reason(p, include_hidden) for p in paths]
-    if not overwrite:
-        candidates = [i for i, reason in enumerate(skipped) if not reason]
-        infos = dst_fs.get_file_info([storage.join(dst_root, outputs[i]) for i in candidates]) if candidates else []
-        for i, info in zip(candidates, infos):
-            if info.type == pafs.FileType.File:
-                skipped[i] = SKIP_EXISTS
-    return {"path": paths, "output": outputs, "skipped": skipped}
+def plan_keys(table: pa.Table, *, fmt: str, dst_fs: pafs.FileSystem, dst_root: str, overwrite: bool, include_hidden: bool) -> pa.Table:
+    """map_batches stage: packs of keys -> packs of (path, output, skipped). "Already done" is
+    decided here, per row, by looking for the row's own output (one metadata call per pack)."""
+    packs = []
+    for keys in table.column("key").to_pylist():
+        paths = [str(k) for k in keys]
+        outputs = [output_name(p, fmt) for p in paths]
+        skipped = [skip_reason(p, include_hidden) for p in paths]
+        if not overwrite:
+            candidates = [i for i, reason in enumerate(skipped) if not reason]
+            infos = dst_fs.get_file_info([storage.join(dst_root, outputs[i]) for i in candidates]) if candidates else []
+            for i, info in zip(candidates, infos):
+                if info.type == pafs.FileType.File:
+                    skipped[i] = SKIP_EXISTS
+        packs.append([{"path": p, "output": o, "skipped": s} for p, o, s in zip(paths, outputs, skipped)])
+    return to_packs(packs, PLAN_TYPES)
 
 
 def read_and_decode(row: dict, *, src_fs: pafs.FileSystem, src_root: str, max_pixels: Optional[int]) -> dict:
-    """map() stage: read the input's bytes and decode them, or say why not."""
+    """Read one input's bytes and decode them, or say why not."""
     path, output = row["path"], row["output"]
     if row["skipped"]:
         return _empty_row(path, output, skipped=row["skipped"])
@@ -151,38 +200,168 @@ def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int]
         return _empty_row(path, output, error=f"cannot decode: {type(exc).__name__}: {exc}")
 
 
-def rowwise(batch: dict, *, fn, **kwargs) -> dict:
-    """map_batches adapter for a row function. map_batches with a small batch_size, not map():
-    Ray Data bundles small input blocks (a few keys) into one task for map(), which put a whole
-    listing part's decoding in a single task; with batch_size the bundles stay that small."""
-    rows = [fn({k: batch[k][i] for k in batch}, **kwargs) for i in range(len(next(iter(batch.values()))))]
-    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+def apply_policy(row: dict, policy: Policy) -> dict:
+    """Decide, from the JPEG's tables, the quality to restore at, or pass the image through."""
+    if row["error"] or row["skipped"]:
+        return row
+    quality, passed = policy.decide(None if row["quality"] == NO_QUALITY else int(row["quality"]))
+    row["passed"] = passed
+    row["quality"] = NO_QUALITY if quality is None else int(quality)
+    return row
 
 
-def encode_and_write(row: dict, *, fmt: str, quality: int, dst_fs, dst_root: str) -> dict:
-    """map_batches stage: encode the restored pixels and write the output file (atomically) as soon
-    as it is ready; hands on a small row (no pixels, no bytes) for the sink's counts. (Writing in
-    the sink instead let Ray Data gather every block into one write task at the end.)"""
-    out = encode_row(row, fmt=fmt, quality=quality)
+# --- large images: tiles restored anywhere, stitched by the write task of the last one ---
+
+
+def tiles_folder(dst_root: str, path: str) -> str:
+    """Where the restored tiles of one large input wait for their stitching (inside the output, so
+    every node reaches it and a dead actor loses only the tile it was restoring)."""
+    return storage.join(dst_root, WORK_DIR, "tiles", hashlib.sha1(path.encode()).hexdigest()[:24])
+
+
+def _array_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def split_into_tiles(row: dict, *, tile: int, margin: int, dst_fs, dst_root: str):
+    """A decoded large image -> one row per tile window (core `tile` pixels, `margin` context, on
+    the 8-pixel grid; :func:`carray.patches.plan_tiles`). Its size, alpha, ICC and EXIF wait in its
+    tiles folder for the stitching."""
+    image = from_row(row)
+    h, w = image.pixels.shape[:2]
+    meta = _array_bytes(
+        size=np.array([h, w, row["channels"], tile, margin]), alpha=image.alpha if image.alpha is not None else np.zeros(0, np.uint8),
+        icc=np.frombuffer(image.icc or b"", np.uint8), exif=np.frombuffer(image.exif or b"", np.uint8),
+    )
+    storage.write_bytes_atomic(dst_fs, storage.join(tiles_folder(dst_root, row["path"]), "meta.npz"), meta)
+    plan = plan_tiles(h, w, tile, margin)
+    for index, t in enumerate(plan):  # one window at a time: the image is not copied whole again
+        (wy0, wy1, wx0, wx1), (cy0, cy1, cx0, cx1) = t.window, t.core
+        yield {**_empty_row(row["path"], row["output"]), "pixels": image.pixels[wy0:wy1, wx0:wx1].tobytes(),
+               "height": wy1 - wy0, "width": wx1 - wx0, "channels": row["channels"], "quality": row["quality"],
+               "tile": index, "tiles": len(plan), "crop": [cy0 - wy0, cy1 - wy0, cx0 - wx0, cx1 - wx0]}
+
+
+def stitch(dst_fs, folder: str) -> DecodedImage:
+    """The restored tiles of one image, put back together (with its alpha, ICC and EXIF)."""
+    with np.load(io.BytesIO(storage.read_bytes(dst_fs, storage.join(folder, "meta.npz")))) as meta:
+        h, w, channels, tile, margin = (int(v) for v in meta["size"])
+        alpha = meta["alpha"].reshape(h, w) if meta["alpha"].size else None
+        icc, exif = meta["icc"].tobytes() or None, meta["exif"].tobytes() or None
+    pixels = np.empty((h, w) if channels == 1 else (h, w, channels), np.uint8)
+    for index, t in enumerate(plan_tiles(h, w, tile, margin)):
+        y0, y1, x0, x1 = t.core
+        pixels[y0:y1, x0:x1] = np.load(io.BytesIO(storage.read_bytes(dst_fs, storage.join(folder, f"{index:06d}.npy"))))
+    return DecodedImage(pixels=pixels, alpha=alpha, icc=icc, exif=exif)
+
+
+def decode_packs(table: pa.Table, *, src_fs, src_root: str, max_pixels: Optional[int], policy: Policy, split_above: float,
+                 tile: int, margin: int, dst_fs, dst_root: str):
+    """map_batches generator: packs of keys -> packs of decoded images (or tiles) of about
+    PACK_PIXELS pixels each, yielded as they fill, so that a pack of keys never holds more than one
+    large image decoded at a time."""
+    pack, pixels = [], 0
+    for keys in unpack(table):
+        for key in keys:
+            row = apply_policy(read_and_decode(key, src_fs=src_fs, src_root=src_root, max_pixels=max_pixels), policy)
+            rows = [row]
+            if split_above and not (row["error"] or row["skipped"] or row["passed"]) and row["height"] * row["width"] > split_above * 1e6:
+                rows = split_into_tiles(row, tile=tile, margin=margin, dst_fs=dst_fs, dst_root=dst_root)
+                try:
+                    first = next(rows)  # stores the image's size and metadata for the stitching
+                except OSError as exc:
+                    first, rows = _empty_row(row["path"], row["output"], error=f"cannot store its tiles: {exc}"), iter(())
+                rows = itertools.chain([first], rows)
+            del row  # a large image's pixels stay alive only through its windows' generator
+            for r in rows:
+                size = r["height"] * r["width"]
+                if pack and pixels + size > PACK_PIXELS:
+                    yield to_packs([pack], IMAGE_TYPES)
+                    pack, pixels = [], 0
+                pack.append(r)
+                pixels += size
+    if pack:
+        yield to_packs([pack], IMAGE_TYPES)
+
+
+def encode_and_write(row: dict, *, fmt: str, quality: int, dst_fs, dst_root: str, tracker=None) -> dict:
+    """Encode the restored (or passed-through) pixels and write the output file (atomically) as soon
+    as they are ready; hands on a small row (no pixels) for the sink's counts. A tile is stored in
+    its image's tiles folder instead; the task that stores the last one stitches and writes the image."""
+    image = None
+    if row["tile"] != WHOLE and not row["skipped"]:
+        row, image = _store_tile(row, dst_fs=dst_fs, dst_root=dst_root, tracker=tracker)
+        if image is None:
+            return row
+    out = encode_row(row, fmt=fmt, quality=quality, image=image)
     if not out["error"] and not out["skipped"]:
         try:
             storage.write_bytes_atomic(dst_fs, storage.join(dst_root, out["output"]), out["data"])
         except OSError as exc:
             out["error"] = f"cannot write the output: {exc}"
     out["data"] = b""
+    out["part"] = ""
     return out
 
 
-def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
-    """Restored (or passed-through) pixels -> output file bytes."""
+def write_pack(table: pa.Table, *, tracker, **kwargs) -> pa.Table:
+    """map_batches stage: :func:`encode_and_write` on every image of the pack, then its counts to
+    the tracker for the progress line (the sink sees the rows only when the run ends)."""
+    results = [encode_and_write(row, tracker=tracker, **kwargs) for pack in unpack(table) for row in pack]
+    tracker.add.remote({
+        "restored": sum(1 for r in results if not (r["part"] or r["error"] or r["skipped"] or r["passed"])),
+        "failed": sum(1 for r in results if r["error"] and not r["part"]), "megapixels": sum(r["megapixels"] for r in results),
+        "passed": sum(1 for r in results if r["passed"] and not r["error"]), "skipped": sum(1 for r in results if r["skipped"]),
+    })
+    return to_packs([results], RESULT_TYPES)
+
+
+def _store_tile(row: dict, *, dst_fs, dst_root: str, tracker) -> tuple[dict, Optional[DecodedImage]]:
+    """A restored tile -> its tiles folder. Returns (result, None) while the image is incomplete
+    (result `part: tile`) or failed, else (result, the stitched image) for encoding."""
+    folder = tiles_folder(dst_root, row["path"])
+    result = {k: row[k] for k in ("path", "output", "error", "skipped", "passed", "node")}
+    result.update(part="tile", megapixels=0.0)
+    if row["error"]:  # the image fails once, however many of its tiles failed
+        if ray.get(tracker.tile_failed.remote(row["path"])):
+            result["part"] = ""
+        else:
+            result["error"] = ""
+        return result, None
+    core = from_row(row).pixels
+    result["megapixels"] = core.shape[0] * core.shape[1] / 1e6
+    buffer = io.BytesIO()
+    np.save(buffer, core)
+    try:
+        storage.write_bytes_atomic(dst_fs, storage.join(folder, f"{int(row['tile']):06d}.npy"), buffer.getvalue())
+    except OSError as exc:
+        result["error"] = f"cannot store a restored tile: {exc}"
+        result["part"] = "" if ray.get(tracker.tile_failed.remote(row["path"])) else "tile"
+        return result, None
+    if not ray.get(tracker.tile_done.remote(row["path"], int(row["tile"]), int(row["tiles"]))):
+        return result, None
+    try:
+        whole = stitch(dst_fs, folder)
+    except (OSError, ValueError, KeyError) as exc:
+        return {**result, "part": "", "error": f"cannot stitch its tiles: {exc}"}, None
+    tracker.stitched.remote(row["path"])
+    storage.delete_dir_if_exists(dst_fs, folder)
+    release_free_memory()
+    return {**result, "part": ""}, whole
+
+
+def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImage] = None) -> dict:
+    """Restored (or passed-through) pixels -> output file bytes. `image`: the pixels when they are
+    not in the row (a stitched large image)."""
     out = {k: row[k] for k in ("path", "output", "error", "skipped", "passed", "node")}
     out.update(data=b"", megapixels=0.0)
     if row["error"] or row["skipped"]:
         return out
     try:
-        image = from_row(row)
-        out["data"] = encode_image(image, fmt, quality)
-        out["megapixels"] = image.pixels.shape[0] * image.pixels.shape[1] / 1e6
+        out["megapixels"] = row["megapixels"] if image is not None else row["height"] * row["width"] / 1e6
+        out["data"] = encode_image(image if image is not None else from_row(row), fmt, quality)
     except Exception as exc:  # a codec refusing an image must not stop the job
         out["error"] = f"cannot encode as {fmt}: {exc}"
     return out
@@ -193,23 +372,45 @@ def encode_row(row: dict, *, fmt: str, quality: int) -> dict:
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class JobTracker:
-    """Counts restoring attempts per image (only while the image is in flight, so its size is
-    bounded by the pool, not the collection) and the write tasks' running totals for the
-    progress line."""
+    """Counts restoring attempts per image or tile, the restored tiles of each large image (both
+    only while in flight, so their size is bounded by the pool, not the collection), and the
+    write tasks' running totals for the progress line."""
 
     def __init__(self):
         self.attempts: dict[str, int] = {}
+        self.tiles: dict[str, set] = {}
+        self.failed_images: set = set()
         self.totals: dict[str, float] = {}
 
-    def begin(self, path: str) -> int:
-        self.attempts[path] = self.attempts.get(path, 0) + 1
-        return self.attempts[path]
+    def begin(self, keys: list[str]) -> list[int]:
+        """Count a start of each key (a pack, an image or a tile); returns the counts."""
+        for key in keys:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+        return [self.attempts[key] for key in keys]
 
-    def end(self, path: str) -> None:
-        self.attempts.pop(path, None)
+    def end(self, keys: list[str]) -> None:
+        for key in keys:
+            self.attempts.pop(key, None)
 
     def in_flight(self) -> dict[str, int]:
         return dict(self.attempts)
+
+    def tile_done(self, path: str, index: int, total: int) -> bool:
+        """True when every tile of `path` is stored (again True for a retried last write, until
+        :meth:`stitched`)."""
+        done = self.tiles.setdefault(path, set())
+        done.add(index)
+        return len(done) == total and path not in self.failed_images
+
+    def stitched(self, path: str) -> None:
+        self.tiles.pop(path, None)
+
+    def tile_failed(self, path: str) -> bool:
+        """True the first time one of `path`'s tiles fails: the image fails once."""
+        if path in self.failed_images:
+            return False
+        self.failed_images.add(path)
+        return True
 
     def add(self, counts: dict) -> None:
         for key, value in counts.items():
@@ -220,14 +421,32 @@ class JobTracker:
         return dict(self.totals)
 
 
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc keeps them otherwise): a worker that
+    just restored or stitched a large image would hold its peak for the rest of the job."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def attempt_key(row: dict) -> str:
+    return row["path"] if row["tile"] == WHOLE else f"{row['path']}#tile{row['tile']}"
+
+
 class Restorer:
-    """map_batches callable class: loads the models once per actor, restores one image per call
-    at the quality its JPEG tables say, or passes it through as the :class:`Policy` decides.
+    """map_batches callable class: loads the models once per actor and restores the images and
+    tiles of one pack per call, at the quality the decode stage chose.
 
-    An image whose actor died while restoring it is tried again by Ray; the tracker counts the
-    attempts, and after `max_attempts` the image becomes a failure line instead."""
+    A pack whose actor died while restoring it is tried again by Ray. The tracker counts the starts
+    of each pack (one call per pack); a pack that starts again is restored one image at a time with
+    each image's starts counted (and cleared once it is done), so the image that kills its actor is
+    the one whose count grows: after `max_attempts` it becomes a failure line, and the others of its
+    pack are restored."""
 
-    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, policy: Policy, tracker, max_attempts: int, tta: bool = False):
+    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False):
         import torch
 
         from .model import load_model_bytes
@@ -237,34 +456,49 @@ class Restorer:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.models = {kind: prepare_model(load_model_bytes(data, kind)[0], self.device) for kind, data in model_files.items()}
-        self.tile, self.policy, self.tracker, self.max_attempts, self.tta = tile, policy, tracker, max_attempts, tta
+        self.tile, self.tracker, self.max_attempts, self.tta = tile, tracker, max_attempts, tta
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, table: pa.Table) -> pa.Table:
+        packs = unpack(table)
+        work = [row for pack in packs for row in pack if not (row["error"] or row["skipped"] or row["passed"])]
+        pack_key = f"pack:{attempt_key(work[0])}+{len(work)}" if work else ""
+        retried = bool(work) and ray.get(self.tracker.begin.remote([pack_key]))[0] > 1
+        for row in work:
+            key = attempt_key(row)
+            if retried:  # its actor died on this pack before: which image? one at a time, counted
+                attempt = ray.get(self.tracker.begin.remote([key]))[0]
+                if attempt > self.max_attempts:  # its count stays: a retried pack fails it again at once
+                    row.update(_empty_row(row["path"], row["output"], error=KILLED.format(attempt - 1)), tile=row["tile"], tiles=row["tiles"])
+                    continue
+            self.restore(row)
+            if retried:
+                self.tracker.end.remote([key])
+        if work:
+            self.tracker.end.remote([pack_key])
+        result = to_packs(packs, IMAGE_TYPES)
+        del packs
+        release_free_memory()
+        return result
+
+    def restore(self, row: dict) -> None:
         from .restore import restore_image
 
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["path"]))]
-        for row in rows:
-            if row["error"] or row["skipped"]:
-                continue
-            quality, passed = self.policy.decide(None if row["quality"] == NO_QUALITY else int(row["quality"]))
-            if passed:  # the decoded pixels go out as they came in
-                row["passed"] = passed
-                continue
-            attempt = ray.get(self.tracker.begin.remote(row["path"]))
-            if attempt > self.max_attempts:  # its count stays: a retried batch fails it again at once
-                row.update(_empty_row(row["path"], row["output"], error=KILLED.format(attempt - 1)))
-                continue
-            try:
-                restored = restore_image(self.models, from_row(row), self.tile, self.device, quality, self.tta)
-                row["pixels"] = restored.pixels.tobytes()
-                row["node"] = self.node
-            except MemoryError:
-                row.update(_empty_row(row["path"], row["output"], error="out of memory while restoring (lower --tile)"))
-            except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl
-                row.update(_empty_row(row["path"], row["output"], error=f"restoration failed: {type(exc).__name__}: {exc}"))
-            self.tracker.end.remote(row["path"])
-        return {k: [row[k] for row in rows] for k in batch}
+        try:
+            image = from_row(row)
+            if row["tile"] == WHOLE:
+                restored = restore_image(self.models, image, self.tile, self.device, row["quality"], self.tta).pixels
+            else:  # a window of a large image: restored in one piece, its core kept
+                y0, y1, x0, x1 = row["crop"]
+                whole = restore_image(self.models, image, max(image.pixels.shape[:2]), self.device, row["quality"], self.tta)
+                restored = np.ascontiguousarray(whole.pixels[y0:y1, x0:x1])
+                row.update(height=y1 - y0, width=x1 - x0)
+            row["pixels"] = restored.tobytes()
+            row["node"] = self.node
+        except MemoryError:
+            row.update(error="out of memory while restoring (lower --tile)", pixels=b"")
+        except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl
+            row.update(error=f"restoration failed: {type(exc).__name__}: {exc}", pixels=b"")
 
 
 # --- the sink ---
@@ -275,8 +509,8 @@ class ImageSink(Datasink):
     this task's failure lines as one part file; returns small counts only, so the driver holds
     nothing per image."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, tracker=None):
-        self.fs, self.root, self.tracker = fs, root, tracker
+    def __init__(self, fs: pafs.FileSystem, root: str):
+        self.fs, self.root = fs, root
         self.totals: dict = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
 
     def write(self, blocks, ctx) -> dict:
@@ -285,7 +519,10 @@ class ImageSink(Datasink):
         counts = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
         failures = []
         for block in blocks:
-            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
+            for row in (row for pack in unpack(BlockAccessor.for_block(block).to_arrow()) for row in pack):
+                if row["part"]:  # a tile of an image not complete yet: its megapixels only
+                    counts["megapixels"] += row["megapixels"]
+                    continue
                 if row["skipped"]:
                     counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
                     continue
@@ -308,10 +545,6 @@ class ImageSink(Datasink):
                     if not wait:
                         raise
                     time.sleep(wait)
-        if self.tracker is not None:
-            flat = {"restored": counts["restored"], "failed": counts["failed"], "megapixels": counts["megapixels"],
-                    "passed": sum(counts["passed"].values()), "skipped": sum(counts["skipped"].values())}
-            self.tracker.add.remote(flat)
         return counts
 
     def on_write_complete(self, write_result) -> None:
@@ -327,7 +560,7 @@ class ImageSink(Datasink):
 # --- where the keys come from (driver) ---
 
 
-def _check_locations(cfg: InferConfig, src_root: str, dst_root: str) -> None:
+def _check_locations(cfg: "InferConfig", src_root: str, dst_root: str) -> None:
     same_kind = storage.is_uri(cfg.input) == storage.is_uri(cfg.output)
     if same_kind and (dst_root == src_root or dst_root.startswith(src_root.rstrip("/") + "/")):
         raise storage.StorageError(f"{cfg.output} is inside {cfg.input}: a re-run would read its own outputs; choose another output")
@@ -366,10 +599,13 @@ def list_into_parts(src_fs, src_root: str, dst_fs, listing_root: str, include_hi
     return parts, written, skipped
 
 
-# Keys per output batch when reading key files: each batch becomes a block of its own (the run
-# sets a tiny target block size), and a block is what Ray Data hands to one task or actor call,
-# so small batches spread decoding and restoring over every task and actor.
-KEY_CHUNK = ROWS_PER_BLOCK
+# Keys per pack when reading key files: each pack is a row and a block of its own (the run sets a
+# tiny target block size), the unit Ray Data hands to one task or actor call.
+KEY_CHUNK = PACK_KEYS
+
+
+def _key_pack(keys: list[str]) -> pa.Table:
+    return pa.table({"key": pa.array([keys], pa.list_(pa.string()))})
 
 
 def _relative(key: str, prefix: str) -> str:
@@ -378,8 +614,8 @@ def _relative(key: str, prefix: str) -> str:
 
 
 def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: Optional[list], prefix: str):
-    """map_batches generator: each key file of the batch -> batches of {"key": [...]}, streamed in
-    chunks of KEY_CHUNK (a part of millions of keys never sits whole in one task's memory).
+    """map_batches generator: each key file of the batch -> packs of keys (one row, a list of
+    KEY_CHUNK keys), streamed (a part of millions of keys never sits whole in one task's memory).
     kind: 'text' (one key a line), 'csv' (a header, or `names` for headerless inventory parts;
     .gz read as gzip; keys URL-decoded when `names` is given, as S3 Inventory encodes them) or
     'parquet'. Keys are made relative to `prefix` when they are full keys under it."""
@@ -393,7 +629,7 @@ def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: 
                 parquet = pq.ParquetFile(f)
                 name = column if column in parquet.schema_arrow.names else parquet.schema_arrow.names[0]
                 for part in parquet.iter_batches(batch_size=KEY_CHUNK, columns=[name]):
-                    yield {"key": [_relative(str(k), prefix) for k in part.column(0).to_pylist()]}
+                    yield _key_pack([_relative(str(k), prefix) for k in part.column(0).to_pylist()])
             continue
         data = storage.read_bytes(fs, path)
         if path.endswith(".gz"):  # inventory parts; one part is tens of MB at most
@@ -407,10 +643,10 @@ def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: 
                     if line.strip():
                         chunk.append(_relative(line, prefix))
                     if len(chunk) >= KEY_CHUNK:
-                        yield {"key": chunk}
+                        yield _key_pack(chunk)
                         chunk = []
                 if chunk:
-                    yield {"key": chunk}
+                    yield _key_pack(chunk)
                 continue
             read_options = pacsv.ReadOptions(column_names=names) if names else pacsv.ReadOptions()
             reader = pacsv.open_csv(f, read_options=read_options, convert_options=pacsv.ConvertOptions(
@@ -418,7 +654,8 @@ def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: 
             name = column if column in reader.schema.names else reader.schema.names[0]
             for part in reader:
                 keys = part.column(name).to_pylist()
-                yield {"key": [_relative(unquote(str(k)) if names else str(k), prefix) for k in keys]}
+                for i in range(0, len(keys), KEY_CHUNK):
+                    yield _key_pack([_relative(unquote(str(k)) if names else str(k), prefix) for k in keys[i : i + KEY_CHUNK]])
 
 
 def keys_dataset(paths: list[str], fs, kind: str, column: Optional[str] = "key", names: Optional[list] = None, prefix: str = ""):
@@ -480,6 +717,14 @@ def merge_failure_parts(fs, root: str) -> int:
     return lines
 
 
+def restore_margin(files: dict[str, bytes]) -> int:
+    """The context a tile of a large image is read with: the widest of the models' margins."""
+    from .model import load_model_bytes
+    from .restore import tile_margin
+
+    return max(tile_margin(load_model_bytes(data, kind)[0]) for kind, data in files.items())
+
+
 def model_digests(files: dict[str, bytes]) -> dict[str, str]:
     return {kind: hashlib.sha256(data).hexdigest() for kind, data in files.items()}
 
@@ -520,13 +765,12 @@ class _ProgressPrinter:
         self.stop.set()
 
 
-def run_infer(cfg: InferConfig, say=print) -> dict:
+def run_infer(cfg: "InferConfig", say=print) -> dict:
     """Run the infer job; returns its summary (also written to ``_summary.json``).
 
     Raises storage.StorageError when the input does not exist or holds no images."""
-    from ray.data import ActorPoolStrategy
-
-    from .runtime import connect, plan_pool, tune_data_context
+    from .modelfiles import model_files
+    from .runtime import connect, tune_data_context
 
     started = time.time()
     policy = cfg.policy()
@@ -535,12 +779,31 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
     _check_locations(cfg, src_root, dst_root)
     if cfg.max_attempts < 1:
         raise OptionError(f"--max-attempts must be at least 1, got {cfg.max_attempts}")
+    if cfg.split_above < 0:
+        raise OptionError(f"--split-above must be 0 (never cut) or a number of megapixels, got {cfg.split_above}")
     files = model_files(cfg.model, cfg.s3())
     storage.make_output_root(dst_fs, dst_root, cfg.output, cfg.create_bucket)
     storage.remove_stale_temporaries(dst_fs, dst_root)  # left by a run that was killed mid-write
-    storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR, "failures"))
+    for stale in ("failures", "tiles"):  # from a run that was killed
+        storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR, stale))
     connect(cfg.address)
     tune_data_context()
+    # One pack per block: a block is what Ray Data hands to one task or actor call, so every pack
+    # is scheduled on its own and packs spread over every actor. Set before the first Dataset is
+    # made (each copies the context). (Not Dataset.repartition: its task asks for a whole CPU,
+    # which a 1-CPU node beside a half-CPU actor never has.)
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, 1
+    try:
+        return _run(cfg, policy, files, src_fs, src_root, dst_fs, dst_root, started, say)
+    finally:  # the context belongs to the process: a later job here gets its own default back
+        context.target_max_block_size = block_size
+
+
+def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str, dst_fs, dst_root: str, started: float, say) -> dict:
+    from ray.data import ActorPoolStrategy
+
+    from .runtime import plan_pool
 
     listed_skips: dict[str, int] = {}
     total: Optional[int] = None
@@ -549,7 +812,8 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
         keys = failures_as_manifest(dst_fs, dst_root)
         if keys is None:
             raise storage.StorageError(f"--retry-failed: {cfg.output}/{FAILURES_FILE} does not exist (no earlier run)")
-        keys_ds, total, overwrite = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=max(1, len(keys) // KEY_CHUNK)), len(keys), True
+        packs = [{"key": keys[i : i + KEY_CHUNK]} for i in range(0, len(keys), KEY_CHUNK)]
+        keys_ds, total, overwrite = ray.data.from_items(packs, override_num_blocks=max(1, len(packs))), len(keys), True
         say(f"carray: retrying the {total} inputs of the last {FAILURES_FILE}")
     elif cfg.manifest:
         keys_ds = read_manifest(cfg.manifest, cfg.s3(), src_root)
@@ -565,42 +829,34 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu)
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason})")
-    task_cpus = READ_CPUS
-    # Small blocks: a block is what Ray Data hands to one task or actor call, so blocks of a few
-    # keys (and, after decoding, of one image) spread the work over every actor. (Not
-    # Dataset.repartition: its task asks for a whole CPU, which a 1-CPU node beside a half-CPU
-    # actor never has.)
-    context = ray.data.DataContext.get_current()
-    block_size, context.target_max_block_size = context.target_max_block_size, 1
     ds = keys_ds.map_batches(
-        plan_batch, batch_size=ROWS_PER_BLOCK, batch_format="numpy", **PLAN_CPUS,
+        plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
         fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
     )
     ds = ds.map_batches(
-        rowwise, batch_size=1, fn_kwargs={"fn": read_and_decode, "src_fs": src_fs, "src_root": src_root, "max_pixels": cfg.max_pixels}, **task_cpus
+        decode_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
+        fn_kwargs=dict(src_fs=src_fs, src_root=src_root, max_pixels=cfg.max_pixels, policy=policy, split_above=cfg.split_above,
+                       tile=cfg.tile, margin=restore_margin(files), dst_fs=dst_fs, dst_root=dst_root),
     )
     ds = ds.map_batches(
         Restorer,
         fn_constructor_kwargs={
-            "model_files": files, "tile": cfg.tile, "threads": pool.threads, "policy": policy,
-            "tracker": tracker, "max_attempts": cfg.max_attempts, "tta": cfg.tta,
+            "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker,
+            "max_attempts": cfg.max_attempts, "tta": cfg.tta,
         },
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
-        batch_size=1,  # images differ in size; each is tiled inside the actor
+        batch_size=1, batch_format="pyarrow",  # one pack per call
         num_cpus=pool.cpus,
         num_gpus=pool.gpus,
         scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
     )
     ds = ds.map_batches(
-        rowwise, batch_size=1, **task_cpus,
-        fn_kwargs={"fn": encode_and_write, "fmt": cfg.format, "quality": cfg.jpeg_quality, "dst_fs": dst_fs, "dst_root": dst_root},
+        write_pack, batch_size=1, batch_format="pyarrow", **READ_CPUS,
+        fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality, "dst_fs": dst_fs, "dst_root": dst_root, "tracker": tracker},
     )
-    sink = ImageSink(dst_fs, dst_root, tracker)
-    try:
-        with _ProgressPrinter(tracker, total, say):
-            ds.write_datasink(sink)
-    finally:  # the context belongs to the process: a later job here gets its own default back
-        context.target_max_block_size = block_size
+    sink = ImageSink(dst_fs, dst_root)
+    with _ProgressPrinter(tracker, total, say):
+        ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
 
     failed = merge_failure_parts(dst_fs, dst_root)
     storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR))
@@ -616,11 +872,23 @@ def run_infer(cfg: InferConfig, say=print) -> dict:
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
         "megapixels": round(totals["megapixels"], 3), "seconds": round(seconds, 2),
         "megapixels_per_second": round(totals["megapixels"] / seconds, 3), "images_per_second": round(totals["restored"] / seconds, 2),
-        "nodes": len(totals["nodes"]), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
+        "nodes": len(totals["nodes"]), "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),
     }
     storage.write_json(dst_fs, storage.join(dst_root, SUMMARY_FILE), summary)
     return summary
+
+
+def driver_peak_rss_mb() -> float:
+    """This process's peak resident memory: the driver's share of the job. VmHWM, not getrusage:
+    ru_maxrss survives exec, so a driver started by a big process would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def format_summary(summary: dict) -> str:

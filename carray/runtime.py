@@ -42,9 +42,17 @@ def _answers(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
+# Ray ends a worker process that has been idle for a second when there are more than one per CPU;
+# our pipelines' short tasks then pay a new process (importing Ray, pyarrow, carray: ~1 CPU-s) again
+# and again: on 2 CPUs that cost the infer job 10 % on small files (bench/infer.py). Idle workers
+# are kept for a minute instead. (A cluster-wide setting: cluster/local.sh and cluster/aws.yaml
+# start their heads with it.)
+SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+
+
 def _start_local(num_cpus: Optional[int]) -> None:
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
-    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", _system_config=SYSTEM_CONFIG)
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:

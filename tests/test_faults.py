@@ -27,7 +27,7 @@ from carray.restore import restore_image
 from carray.infer import from_row
 from support.images import png_bytes, smooth_image
 from support.faults import count_files, kill_process_group, kill_ray_actor, restart_server_when, wait_for
-from support.jobs import run_job, start_job
+from support.jobs import job_env, run_job, start_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -225,3 +225,28 @@ def test_fuzzed_jpegs_end_as_output_or_failure(data):
     row["pixels"] = restored.pixels.tobytes()
     out = encode_row(row, fmt="png", quality=95)
     assert out["error"] or Image.open(io.BytesIO(out["data"])).size == (row["width"], row["height"])
+
+
+def test_an_image_that_kills_its_actor_becomes_one_failure_and_the_rest_is_restored(tmp_path):
+    """--max-attempts: the actor restoring kill-me.jpg dies (SIGKILL) every time; Ray restarts it and
+    retries its pack; the tracker finds the image that kills it, which ends as one failure line after
+    2 attempts, while the images packed with it are restored."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        (src / f"ok{i}.jpg").write_bytes(jpeg.compress(smooth_image(64, 64, seed=i), 10))
+    (src / "kill-me.jpg").write_bytes(jpeg.compress(smooth_image(64, 64, seed=9), 10))
+    model = tmp_path / "fast.pt"
+    save_model(build_model("fast-arcnn"), str(model))
+    hook = {"runtime_env": {"worker_process_setup_hook": "actor_killer.install",
+                            "env_vars": {"PYTHONPATH": str(REPO / "tests" / "support")}}}
+    env = job_env({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(hook)})  # how `ray job submit --runtime-env-json` passes it
+    out = tmp_path / "out"
+    code, log = run_job("infer.py", ["--input", str(src), "--output", str(out), "--model", str(model), "--max-attempts", "2"],
+                        tmp_path / "log", env=env, timeout=240)
+    assert code == 0, log
+    summary = json.loads((out / "_summary.json").read_text())
+    assert (summary["restored"], summary["failed"]) == (5, 1), summary
+    failures = [json.loads(line) for line in (out / "_failures.jsonl").read_text().splitlines()]
+    assert [f["path"] for f in failures] == ["kill-me.jpg"] and "killed while restoring, 2 times" in failures[0]["reason"]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"ok{i}.jpg.png" for i in range(5)]
