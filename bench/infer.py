@@ -173,14 +173,14 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str) 
             "driver_peak_rss_mb": summary["driver_peak_rss_mb"]}
 
 
-def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None) -> dict:
+def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None, tile: int) -> dict:
     make_large_jpeg(tmp / "large" / "scan.jpg", megapixels)
     time.sleep(2)  # let the previous job's workers exit
     idle = tree_memory()
     with PeakMemory() as peak:
-        summary = job(tmp / "large", tmp / "large-out", model_path)
+        summary = job(tmp / "large", tmp / "large-out", model_path, tile=tile)
     above = (peak.peak - idle) / 2**30
-    line = (f"large: one {summary['megapixels']:.1f} MP gray JPEG: {summary['megapixels_per_second']:.3f} MP/s in {summary['seconds']:.0f} s; "
+    line = (f"large: one {summary['megapixels']:.1f} MP gray JPEG, --tile {tile}: {summary['megapixels_per_second']:.3f} MP/s in {summary['seconds']:.0f} s; "
             f"peak memory (PSS) of all processes {above:.2f} GiB above idle Ray ({idle / 2**30:.2f} GiB)")
     biggest = sorted(peak.at_peak.values(), key=lambda item: -item[1])[:6]
     print("  at the peak: " + ", ".join(f"{name} {size / 2**20:.0f} MB" for name, size in biggest))
@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
+    parser.add_argument("--tile", type=int, default=512, help="--tile of the job in the large case (its tiles' core side)")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -241,7 +242,7 @@ def main() -> None:
             results["small"] = case_small(tmp, model_path, args.cpus, args.small, address)
         if "large" in args.cases:
             loop_mp = results.get("collection", {}).get("loop_mp_per_s")
-            results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp)
+            results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp, args.tile)
         if "driver" in args.cases:
             results["driver"] = case_driver(tmp, model_path, address)
         ray.shutdown()

@@ -58,7 +58,7 @@ start() {
     --dashboard-agent-grpc-port=$((PORT + 3)) --metrics-export-port=$((PORT + 4)) \
     --runtime-env-agent-port=$((PORT + 5)) \
     --temp-dir="$STATE/tmp" ${CPUS:+--num-cpus="$CPUS"} --disable-usage-stats \
-    --system-config='{"idle_worker_killing_time_threshold_ms": 60000}' \
+    --system-config='{"idle_worker_killing_time_threshold_ms":60000}' \
     > "$STATE/start.log" 2>&1 &
   local launcher=$!
   echo "$launcher" > "$STATE/head.pgid"

@@ -17,6 +17,7 @@ import yaml
 from carray import jpeg
 from carray.cli import main as cli_main
 from carray.model import build_model, save_model
+from carray.runtime import SYSTEM_CONFIG
 from support.images import smooth_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,7 @@ def test_aws_launcher_config():
     assert {"**/.venv", "**/runs"} <= set(cfg["rsync_exclude"])
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token" in head_start
+    assert "--system-config='" + json.dumps(SYSTEM_CONFIG, separators=(",", ":")) + "'" in head_start, "idle workers kept (runtime.SYSTEM_CONFIG)"
     open_ports = {p["FromPort"] for p in cfg["provider"]["security_group"]["IpPermissions"]}
     assert open_ports == {22}, "the dashboard (8265) and GCS (6379) are never opened"
 
