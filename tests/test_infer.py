@@ -5,6 +5,7 @@ import os
 import time
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
@@ -148,8 +149,11 @@ def test_bucket_to_bucket(s3_server, bucket, tmp_path, model_file, monkeypatch):
                 f.write(path.read_bytes())
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", model_file, "--max-pixels", "10000"]
+    # --split-above: the 40x56 images are cut into 16-pixel tiles, stored in the bucket and stitched
+    args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", model_file, "--max-pixels", "10000",
+            "--split-above", "0.002", "--tile", "16"]
     assert cli_main(args) == 0
+    assert not fs.get_file_info(pafs.FileSelector(f"{name}/out/_carray", recursive=True, allow_not_found=True))
     for rel, (_, size, mode) in good.items():
         with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{output_name(rel, 'png')}").read())) as out:
             assert (out.size, out.mode) == (size, mode)
