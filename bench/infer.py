@@ -11,6 +11,7 @@ Cases:
   small       images/s on 3000 JPEGs of 128x128 against the same loop on them; the driver's peak RSS.
   large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
+  precision   the large image through the job at --precision fp32 and int8: MP/s and their ratio.
   driver      the driver's peak RSS for 10 k and 100 k inputs (all but 64 already done, so the run
               measures what the driver holds per input, not restoration).
 The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
@@ -190,6 +191,21 @@ def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | N
     return {"mp_per_s": summary["megapixels_per_second"], "peak_above_idle_gib": above}
 
 
+def case_precision(tmp: Path, model_path: str, megapixels: float) -> dict:
+    image = tmp / "precision" / "scan.jpg"
+    if not image.exists():
+        make_large_jpeg(image, megapixels)
+    rates = {}
+    os.environ["CARRAY_CACHE"] = str(tmp / "cache")  # the first int8 run quantizes, the second reads the cache
+    for precision, label in (("int8", "int8-quantizing"), ("fp32", "fp32"), ("int8", "int8")):
+        summary = job(image.parent, tmp / f"precision-{label}", model_path, precision=precision)
+        rates[label] = summary["megapixels_per_second"]
+        print(f"precision: {summary['megapixels']:.1f} MP gray JPEG at {label}: {rates[label]:.3f} MP/s in {summary['seconds']:.0f} s")
+    print(f"precision: int8 / fp32 MP/s: {rates['int8'] / rates['fp32']:.2f} (first int8 run, quantizing both shipped models "
+          f"on the driver: {rates['int8-quantizing'] / rates['fp32']:.2f})")
+    return {"mp_per_s": rates, "ratio": rates["int8"] / rates["fp32"]}
+
+
 def case_driver(tmp: Path, model_path: str, address: str) -> dict:
     """Inputs of a few hundred bytes; all but 64 already have their output, so the job plans,
     skips and counts every input while restoring only a few."""
@@ -215,8 +231,8 @@ def case_driver(tmp: Path, model_path: str, address: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "driver"],
-                        choices=["collection", "small", "large", "driver"])
+    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver"],
+                        choices=["collection", "small", "large", "precision", "driver"])
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
@@ -243,6 +259,8 @@ def main() -> None:
         if "large" in args.cases:
             loop_mp = results.get("collection", {}).get("loop_mp_per_s")
             results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp, args.tile)
+        if "precision" in args.cases:
+            results["precision"] = case_precision(tmp, model_path, args.large_mp)
         if "driver" in args.cases:
             results["driver"] = case_driver(tmp, model_path, address)
         ray.shutdown()

@@ -73,16 +73,17 @@ class Evaluator:
     fails carries its reason in `error` instead of stopping the job; rows asked for a figure carry
     its PNG bytes (so nothing is restored twice)."""
 
-    def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False):
+    def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False,
+                 precision: str = "fp32", int8: Optional[dict] = None):
         import torch
 
-        from .model import load_model_bytes
-        from .restore import pick_device, prepare_model
+        from .quantize import load_networks
+        from .restore import pick_device
 
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
-        self.model = prepare_model(load_model_bytes(model_file)[0], self.device)
+        self.model = load_networks({"model": model_file}, precision, self.device, threads, int8)["model"]
         self.fs, self.root, self.color, self.tile, self.policy, self.max_pixels, self.tta = fs, root, color, tile, policy, max_pixels, tta
 
     def __call__(self, batch: dict) -> dict:
@@ -170,6 +171,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from ray.data import ActorPoolStrategy
 
     from .modelfiles import single_model_file
+    from .quantize import int8_files, resolve_precision
     from .runtime import connect, plan_pool
 
     started = time.time()
@@ -186,6 +188,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     connect(cfg.address)
     pool = plan_pool(actors=0, gpu=cfg.gpu)
+    precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
+    int8 = int8_files({"model": model_file}) if precision == "int8" else None
     figure_setting = settings[0]
     items = [
         {"image": image, "quality": q, "first_quality": first, "figure": (q, first) == figure_setting and image in images[: cfg.figures]}
@@ -195,7 +199,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     ds = ds.map_batches(
         Evaluator,
         fn_constructor_kwargs=dict(
-            model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=pool.threads, policy=policy, max_pixels=cfg.max_pixels, tta=cfg.tta
+            model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=pool.threads, policy=policy, max_pixels=cfg.max_pixels, tta=cfg.tta,
+            precision=precision, int8=int8,
         ),
         compute=ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
         batch_size=1,
@@ -221,7 +226,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), png)
     failures = [{"image": r["image"], "setting": r["setting"], "reason": r["error"]} for r in rows if r["error"]]
     summary = {
-        "images": len(images), "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,
+        "images": len(images), "precision": precision, "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,
         "seconds": round(time.time() - started, 1), "config": asdict(cfg),
     }
     storage.write_json(out_fs, storage.join(out_root, "summary.json"), summary)

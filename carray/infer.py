@@ -446,16 +446,17 @@ class Restorer:
     the one whose count grows: after `max_attempts` it becomes a failure line, and the others of its
     pack are restored."""
 
-    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False):
+    def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False,
+                 precision: str = "fp32", int8: Optional[dict] = None):
         import torch
 
-        from .model import load_model_bytes
-        from .restore import pick_device, prepare_model
+        from .quantize import load_networks
+        from .restore import pick_device
 
         self.device = pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
-        self.models = {kind: prepare_model(load_model_bytes(data, kind)[0], self.device) for kind, data in model_files.items()}
+        self.models = load_networks(model_files, precision, self.device, threads, int8)
         self.tile, self.tracker, self.max_attempts, self.tta = tile, tracker, max_attempts, tta
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
@@ -803,6 +804,7 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
 def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str, dst_fs, dst_root: str, started: float, say) -> dict:
     from ray.data import ActorPoolStrategy
 
+    from .quantize import int8_files, resolve_precision
     from .runtime import plan_pool
 
     listed_skips: dict[str, int] = {}
@@ -828,7 +830,9 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
     # Named, so that an operator (or a fault test) can look at what is in flight.
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu)
-    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason})")
+    precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
+    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'}, {precision} ({pool.reason})")
+    int8 = int8_files(files) if precision == "int8" else None
     ds = keys_ds.map_batches(
         plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
         fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
@@ -842,7 +846,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         Restorer,
         fn_constructor_kwargs={
             "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker,
-            "max_attempts": cfg.max_attempts, "tta": cfg.tta,
+            "max_attempts": cfg.max_attempts, "tta": cfg.tta, "precision": precision, "int8": int8,
         },
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
         batch_size=1, batch_format="pyarrow",  # one pack per call
@@ -872,7 +876,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
         "megapixels": round(totals["megapixels"], 3), "seconds": round(seconds, 2),
         "megapixels_per_second": round(totals["megapixels"] / seconds, 3), "images_per_second": round(totals["restored"] / seconds, 2),
-        "nodes": len(totals["nodes"]), "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
+        "nodes": len(totals["nodes"]), "precision": precision, "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),
     }
     storage.write_json(dst_fs, storage.join(dst_root, SUMMARY_FILE), summary)
