@@ -831,7 +831,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu)
     precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
-    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'}, {precision} ({pool.reason})")
+    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision}")
     int8 = int8_files(files) if precision == "int8" else None
     ds = keys_ds.map_batches(
         plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,

@@ -156,18 +156,28 @@ def cache_folder() -> str:
     return os.environ.get("CARRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "carray")
 
 
-def int8_files(files: dict[str, bytes]) -> dict[str, bytes]:
-    """{kind: model file} -> {kind: int8 ONNX}: made once (on the driver), sent to every actor.
-    Quantizing (export + calibration) takes seconds per model, so the result is cached on this
-    machine under the model file's sha256 and INT8_RECIPE; a cache that cannot be written is skipped."""
+def int8_key(model_file: bytes) -> str:
+    """The name of a model's int8 network: its file's sha256 with the recipe's."""
     import hashlib
 
+    return hashlib.sha256(model_file + INT8_RECIPE.encode()).hexdigest()
+
+
+def int8_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """{kind: model file} -> {kind: int8 ONNX}: made once (on the driver), sent to every actor.
+    Quantizing (export + calibration) takes seconds per model, so the result is kept under
+    :func:`int8_key`: in the package for the shipped models (``models/int8/``), else in a cache on
+    this machine (a cache that cannot be written is skipped)."""
     from .model import load_model_bytes
 
     networks = {}
     for kind, data in files.items():
-        key = hashlib.sha256(data + INT8_RECIPE.encode()).hexdigest()
+        key = int8_key(data)
         path = os.path.join(cache_folder(), "int8", f"{key}.onnx")
+        shipped = resources.files("carray").joinpath(f"models/int8/{key}.onnx")
+        if shipped.is_file():  # the shipped models come with their int8 networks
+            networks[kind] = shipped.read_bytes()
+            continue
         try:
             with open(path, "rb") as f:
                 networks[kind] = f.read()

@@ -61,3 +61,18 @@ def test_int8_networks_are_cached_by_model_and_recipe(tmp_path, monkeypatch):
     assert len(cached) == 1 and cached[0].read_bytes() == first["gray"]
     cached[0].write_bytes(b"marker")  # proves the second call reads the cache instead of quantizing
     assert int8_files(files) == {"gray": b"marker"}
+
+
+@pytest.mark.parametrize("kind", ["gray", "color"])
+def test_shipped_models_come_with_their_int8_networks(kind):
+    """A first `--precision int8` run with the shipped models quantizes nothing. When a shipped model
+    or INT8_RECIPE changes, regenerate them (docs/models.md)."""
+    import onnx
+
+    from carray.quantize import int8_files, int8_key
+
+    data = shipped_path(kind).read_bytes()
+    packaged = shipped_path(kind).parent / "int8" / f"{int8_key(data)}.onnx"
+    assert packaged.is_file(), f"models/int8/ lacks the int8 network of models/{kind}.pt"
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(packaged.read_bytes()).graph.node)
+    assert int8_files({kind: data}) == {kind: packaged.read_bytes()}
