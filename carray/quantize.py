@@ -33,13 +33,23 @@ class PrecisionError(JobError):
     """A --precision this machine or installation cannot run."""
 
 
+def onnxruntime_installed() -> bool:
+    """Checked on the driver: the actors import it, and an actor that cannot start fails the job
+    with a traceback instead of this one line."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def resolve_precision(precision: str, cuda: bool) -> str:
     """'auto' -> what this device runs fastest within 0.05 dB of fp32 (measured: int8 on CPUs;
     on GPUs fp16/bf16 have not been measured against fp32 yet, so fp32)."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "fp32" if cuda else "int8"
+    if precision == "auto":  # int8 needs ONNX Runtime; without it auto stays on fp32
+        return "fp32" if cuda or not onnxruntime_installed() else "int8"
+    if precision == "int8" and not cuda and not onnxruntime_installed():
+        raise PrecisionError("--precision int8 needs ONNX Runtime (and ONNX to quantize a model of your own): pip install 'carray[int8]'")
     if precision in ("fp16", "bf16") and not cuda:
         raise PrecisionError(f"--precision {precision} runs on GPUs only (bf16 on this kind of CPU was 9x slower than fp32); use int8 or fp32")
     if precision == "int8" and cuda:

@@ -21,6 +21,15 @@ def test_auto_is_int8_on_cpus_fp32_on_gpus_and_impossible_choices_are_refused():
             resolve_precision(precision, cuda)
 
 
+def test_without_onnxruntime_auto_stays_fp32_and_int8_says_what_to_install(monkeypatch):
+    import carray.quantize as quantize
+
+    monkeypatch.setattr(quantize, "onnxruntime_installed", lambda: False)
+    assert resolve_precision("auto", cuda=False) == "fp32"
+    with pytest.raises(PrecisionError, match=r"pip install 'carray\[int8\]'"):
+        resolve_precision("int8", cuda=False)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_calibration_feeds_are_jpeg_tiles_at_several_qualities(channels):
     feeds = calibration_feeds(channels, takes_quality=True)
