@@ -48,9 +48,13 @@ from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path w
 REPO = Path(__file__).resolve().parents[1]
 
 
+def live1_gray() -> list[np.ndarray]:
+    return [np.asarray(Image.open(p).convert("L")) for p in sorted(BUNDLED.glob("*.png"))]
+
+
 def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, quality: int = 10) -> None:
     folder.mkdir(parents=True)
-    sources = [np.asarray(Image.open(p).convert("L")) for p in sorted(BUNDLED.glob("*.png"))]
+    sources = live1_gray()
     count = count or len(sources)
     for i in range(count):
         img = sources[i % len(sources)]
@@ -63,7 +67,7 @@ def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, 
 def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
     """A square gray JPEG of about `megapixels`: LIVE1 images side by side (real textures)."""
     side = int((megapixels * 1e6) ** 0.5) // 8 * 8
-    sources = [np.asarray(Image.open(p).convert("L")) for p in sorted(BUNDLED.glob("*.png"))]
+    sources = live1_gray()
     canvas = np.zeros((side, side), np.uint8)
     y = i = 0
     while y < side:

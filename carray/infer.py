@@ -18,11 +18,11 @@ dies ``--max-attempts`` times becomes a failure line.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
 import json
-import posixpath
 import threading
 import time
 import uuid
@@ -123,11 +123,6 @@ def unpack(table: pa.Table) -> list[list[dict]]:
         names = list(row)
         packs.append([{k: row[k][i] for k in names} for i in range(len(row[names[0]]))])
     return packs
-
-
-def per_image(table: pa.Table, *, fn, types: dict = IMAGE_TYPES, **kwargs) -> pa.Table:
-    """map_batches adapter: `fn` on every image of every pack, packs kept as they are."""
-    return to_packs([[fn(image, **kwargs) for image in pack] for pack in unpack(table)], types)
 
 
 def _empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dict:
@@ -310,12 +305,31 @@ def write_pack(table: pa.Table, *, tracker, **kwargs) -> pa.Table:
     """map_batches stage: :func:`encode_and_write` on every image of the pack, then its counts to
     the tracker for the progress line (the sink sees the rows only when the run ends)."""
     results = [encode_and_write(row, tracker=tracker, **kwargs) for pack in unpack(table) for row in pack]
-    tracker.add.remote({
-        "restored": sum(1 for r in results if not (r["part"] or r["error"] or r["skipped"] or r["passed"])),
-        "failed": sum(1 for r in results if r["error"] and not r["part"]), "megapixels": sum(r["megapixels"] for r in results),
-        "passed": sum(1 for r in results if r["passed"] and not r["error"]), "skipped": sum(1 for r in results if r["skipped"]),
-    })
+    counts, _ = tally(results)
+    tracker.add.remote({key: sum(value.values()) if isinstance(value, dict) else value for key, value in counts.items() if key != "nodes"})
     return to_packs([results], RESULT_TYPES)
+
+
+def tally(results: list[dict]) -> tuple[dict, list[dict]]:
+    """What write results count for: ({restored, passed and skipped by reason, failed, megapixels,
+    nodes}, failure lines). The one place a result is classified (progress line and summary)."""
+    counts = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
+    failures = []
+    for row in results:
+        if row["part"]:  # a tile of an image not complete yet: its megapixels only
+            counts["megapixels"] += row["megapixels"]
+        elif row["skipped"]:
+            counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
+        elif row["error"]:
+            failures.append({"path": row["path"], "reason": row["error"]})
+            counts["failed"] += 1
+        elif row["passed"]:
+            counts["passed"][row["passed"]] = counts["passed"].get(row["passed"], 0) + 1
+        else:
+            counts["restored"] += 1
+            counts["megapixels"] += row["megapixels"]
+            counts["nodes"].add(row["node"])
+    return counts, failures
 
 
 def _store_tile(row: dict, *, dst_fs, dst_root: str, tracker) -> tuple[dict, Optional[DecodedImage]]:
@@ -421,15 +435,23 @@ class JobTracker:
         return dict(self.totals)
 
 
-def release_free_memory() -> None:
-    """Give the heap's free pages back to the system (glibc keeps them otherwise): a worker that
-    just restored or stitched a large image would hold its peak for the rest of the job."""
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once per process (None where there is no glibc)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc keeps them otherwise): a worker that
+    just restored or stitched a large image would hold its peak for the rest of the job."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def attempt_key(row: dict) -> str:
@@ -517,25 +539,7 @@ class ImageSink(Datasink):
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
 
-        counts = {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
-        failures = []
-        for block in blocks:
-            for row in (row for pack in unpack(BlockAccessor.for_block(block).to_arrow()) for row in pack):
-                if row["part"]:  # a tile of an image not complete yet: its megapixels only
-                    counts["megapixels"] += row["megapixels"]
-                    continue
-                if row["skipped"]:
-                    counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
-                    continue
-                if row["error"]:
-                    failures.append({"path": row["path"], "reason": row["error"]})
-                    counts["failed"] += 1
-                elif row["passed"]:
-                    counts["passed"][row["passed"]] = counts["passed"].get(row["passed"], 0) + 1
-                else:
-                    counts["restored"] += 1
-                    counts["megapixels"] += row["megapixels"]
-                    counts["nodes"].add(row["node"])
+        counts, failures = tally([row for block in blocks for pack in unpack(BlockAccessor.for_block(block).to_arrow()) for row in pack])
         if failures:  # on storage now: a driver that dies later loses none of them
             part = storage.join(self.root, WORK_DIR, "failures", f"{uuid.uuid4().hex}.jsonl")
             for wait in (1, 2, 4, 8, 16, 0):  # a store that is briefly away (restarts) must not end the job
