@@ -279,6 +279,12 @@ class InferConfig(RestoreOptions, ClusterOptions):
         "stitched back, exactly equal to restoring them whole): a scan or a panorama then uses the whole "
         "cluster, with memory per actor bounded by a pack of tiles. 0 = never cut.",
     )
+    tile_batch: int = option(
+        0,
+        help="Tile windows (and images no larger than a tile) restored together in one forward pass of the "
+        "network, in pinned memory with non-blocking copies on a GPU; packs grow to hold a batch. "
+        "0 = auto: 8 on GPUs, 1 on CPUs (where one forward at a time measured faster).",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,6 +93,9 @@ def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
 
 PACK_KEYS = 64
 PACK_PIXELS = 1_000_000
+# --tile-batch 0 on a GPU: tile windows per forward pass (a few hundred MB of activations for 576x576
+# gray windows at the shipped width). CPUs get 1: one forward at a time measured faster there.
+GPU_TILE_BATCH = 8
 NO_QUALITY = -1  # the row's file has no JPEG quantization tables
 WHOLE = -1  # the `tile` of an image that is not cut into tiles
 
@@ -253,10 +256,10 @@ def stitch(dst_fs, folder: str) -> DecodedImage:
 
 
 def decode_packs(table: pa.Table, *, src_fs, src_root: str, max_pixels: Optional[int], policy: Policy, split_above: float,
-                 tile: int, margin: int, dst_fs, dst_root: str):
+                 tile: int, margin: int, dst_fs, dst_root: str, pack_pixels: int = PACK_PIXELS):
     """map_batches generator: packs of keys -> packs of decoded images (or tiles) of about
-    PACK_PIXELS pixels each, yielded as they fill, so that a pack of keys never holds more than one
-    large image decoded at a time."""
+    `pack_pixels` pixels each (enough for one tile batch), yielded as they fill, so that a pack of
+    keys never holds more than one large image decoded at a time."""
     pack, pixels = [], 0
     for keys in unpack(table):
         for key in keys:
@@ -272,7 +275,7 @@ def decode_packs(table: pa.Table, *, src_fs, src_root: str, max_pixels: Optional
             del row  # a large image's pixels stay alive only through its windows' generator
             for r in rows:
                 size = r["height"] * r["width"]
-                if pack and pixels + size > PACK_PIXELS:
+                if pack and pixels + size > pack_pixels:
                     yield to_packs([pack], IMAGE_TYPES)
                     pack, pixels = [], 0
                 pack.append(r)
@@ -469,7 +472,7 @@ class Restorer:
     pack are restored."""
 
     def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False,
-                 precision: str = "fp32", int8: Optional[dict] = None):
+                 precision: str = "fp32", int8: Optional[dict] = None, tile_batch: int = 1):
         import torch
 
         from .quantize import load_networks
@@ -479,7 +482,7 @@ class Restorer:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.models = load_networks(model_files, precision, self.device, threads, int8)
-        self.tile, self.tracker, self.max_attempts, self.tta = tile, tracker, max_attempts, tta
+        self.tile, self.tracker, self.max_attempts, self.tta, self.tile_batch = tile, tracker, max_attempts, tta, tile_batch
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -487,16 +490,16 @@ class Restorer:
         work = [row for pack in packs for row in pack if not (row["error"] or row["skipped"] or row["passed"])]
         pack_key = f"pack:{attempt_key(work[0])}+{len(work)}" if work else ""
         retried = bool(work) and ray.get(self.tracker.begin.remote([pack_key]))[0] > 1
-        for row in work:
+        if not retried:
+            self.restore(work)
+        for row in work if retried else ():  # its actor died on this pack before: which image? one at a time, counted
             key = attempt_key(row)
-            if retried:  # its actor died on this pack before: which image? one at a time, counted
-                attempt = ray.get(self.tracker.begin.remote([key]))[0]
-                if attempt > self.max_attempts:  # its count stays: a retried pack fails it again at once
-                    row.update(_empty_row(row["path"], row["output"], error=KILLED.format(attempt - 1)), tile=row["tile"], tiles=row["tiles"])
-                    continue
-            self.restore(row)
-            if retried:
-                self.tracker.end.remote([key])
+            attempt = ray.get(self.tracker.begin.remote([key]))[0]
+            if attempt > self.max_attempts:  # its count stays: a retried pack fails it again at once
+                row.update(_empty_row(row["path"], row["output"], error=KILLED.format(attempt - 1)), tile=row["tile"], tiles=row["tiles"])
+                continue
+            self.restore([row])
+            self.tracker.end.remote([key])
         if work:
             self.tracker.end.remote([pack_key])
         result = to_packs(packs, IMAGE_TYPES)
@@ -504,24 +507,51 @@ class Restorer:
         release_free_memory()
         return result
 
-    def restore(self, row: dict) -> None:
+    def restore(self, rows: list[dict]) -> None:
+        """Restore rows in place. Tile windows and images no larger than a tile go through the network
+        `tile_batch` at a time (one forward per batch of one shape); larger images tile by tile.
+        A batch that fails is restored again row by row, so an error lands on its own row only."""
+        fits = [r for r in rows if not self.tta and (r["tile"] != WHOLE or max(r["height"], r["width"]) <= self.tile)]
+        if fits:
+            try:
+                self._restore_batched(fits)
+            except Exception:  # noqa: BLE001 - which row? each on its own below says
+                for row in fits:
+                    self._restore_one(row)
+        fitted = {id(r) for r in fits}
+        for row in rows:
+            if id(row) not in fitted:
+                self._restore_one(row)
+
+    def _restore_batched(self, rows: list[dict]) -> None:
+        from .restore import pick_model, restore_in_batches
+
+        images = [from_row(row) for row in rows]
+        items = [(pick_model(self.models, image), image.pixels, row["quality"]) for row, image in zip(rows, images)]
+        for row, pixels in zip(rows, restore_in_batches(items, self.device, self.tile_batch)):
+            self._keep(row, pixels)
+
+    def _restore_one(self, row: dict) -> None:
         from .restore import restore_image
 
         try:
             image = from_row(row)
-            if row["tile"] == WHOLE:
-                restored = restore_image(self.models, image, self.tile, self.device, row["quality"], self.tta).pixels
-            else:  # a window of a large image: restored in one piece, its core kept
-                y0, y1, x0, x1 = row["crop"]
-                whole = restore_image(self.models, image, max(image.pixels.shape[:2]), self.device, row["quality"], self.tta)
-                restored = np.ascontiguousarray(whole.pixels[y0:y1, x0:x1])
-                row.update(height=y1 - y0, width=x1 - x0)
-            row["pixels"] = restored.tobytes()
-            row["node"] = self.node
+            whole_window = row["tile"] != WHOLE  # a window of a large image is restored in one piece
+            tile = max(image.pixels.shape[:2]) if whole_window else self.tile
+            self._keep(row, restore_image(self.models, image, tile, self.device, row["quality"], self.tta).pixels)
         except MemoryError:
             row.update(error="out of memory while restoring (lower --tile)", pixels=b"")
         except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl
             row.update(error=f"restoration failed: {type(exc).__name__}: {exc}", pixels=b"")
+
+    def _keep(self, row: dict, restored: np.ndarray) -> None:
+        """The restored pixels into the row; a tile window keeps only its core."""
+        if row["tile"] != WHOLE:
+            y0, y1, x0, x1 = row["crop"]
+            restored = np.ascontiguousarray(restored[y0:y1, x0:x1])
+            row.update(height=y1 - y0, width=x1 - x0)
+        row["pixels"] = restored.tobytes()
+        row["node"] = self.node
 
 
 # --- the sink ---
@@ -784,6 +814,8 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     _check_locations(cfg, src_root, dst_root)
     if cfg.max_attempts < 1:
         raise OptionError(f"--max-attempts must be at least 1, got {cfg.max_attempts}")
+    if cfg.tile_batch < 0:
+        raise OptionError(f"--tile-batch must be 0 (auto) or a number of windows per forward pass, got {cfg.tile_batch}")
     if cfg.split_above < 0:
         raise OptionError(f"--split-above must be 0 (never cut) or a number of megapixels, got {cfg.split_above}")
     files = model_files(cfg.model, cfg.s3())
@@ -837,6 +869,8 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
     precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision}")
     int8 = int8_files(files) if precision == "int8" else None
+    tile_batch = cfg.tile_batch or (GPU_TILE_BATCH if pool.gpus else 1)
+    margin = restore_margin(files)
     ds = keys_ds.map_batches(
         plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
         fn_kwargs=dict(fmt=cfg.format, dst_fs=dst_fs, dst_root=dst_root, overwrite=overwrite, include_hidden=cfg.include_hidden),
@@ -844,13 +878,14 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
     ds = ds.map_batches(
         decode_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
         fn_kwargs=dict(src_fs=src_fs, src_root=src_root, max_pixels=cfg.max_pixels, policy=policy, split_above=cfg.split_above,
-                       tile=cfg.tile, margin=restore_margin(files), dst_fs=dst_fs, dst_root=dst_root),
+                       tile=cfg.tile, margin=margin, dst_fs=dst_fs, dst_root=dst_root,
+                       pack_pixels=max(PACK_PIXELS, tile_batch * (cfg.tile + 2 * margin) ** 2)),
     )
     ds = ds.map_batches(
         Restorer,
         fn_constructor_kwargs={
             "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker,
-            "max_attempts": cfg.max_attempts, "tta": cfg.tta, "precision": precision, "int8": int8,
+            "max_attempts": cfg.max_attempts, "tta": cfg.tta, "precision": precision, "int8": int8, "tile_batch": tile_batch,
         },
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
         batch_size=1, batch_format="pyarrow",  # one pack per call

@@ -6,7 +6,7 @@ the network's activations stay bounded by one tile whatever the image size (the 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,13 +28,30 @@ def tile_margin(model: nn.Module) -> int:
     return -(-model.receptive_radius // 8) * 8
 
 
-@torch.inference_mode()
 def run_model(model: nn.Module, planes: np.ndarray, device: torch.device, quality: Optional[float] = None) -> np.ndarray:
     """float32 (h, w, c) on [0, 1] -> the network's output, same shape, not clamped.
     `quality`: the IJG quality the network is conditioned on (networks that take one need it)."""
-    x = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None].to(device)
-    q = None if quality is None else torch.full((1,), float(quality), device=device)
-    return model(x.contiguous(memory_format=torch.channels_last), q)[0].permute(1, 2, 0).float().cpu().numpy()
+    return run_batch(model, [planes], device, [quality])[0]
+
+
+@torch.inference_mode()
+def run_batch(model: nn.Module, windows: list[np.ndarray], device: torch.device, qualities: list[Optional[float]]) -> list[np.ndarray]:
+    """Windows of one shape, float32 (h, w, c) on [0, 1], through the network in one forward pass.
+
+    On CUDA the batch goes through pinned host memory with non-blocking copies both ways, so the
+    copy of one batch can overlap the kernels queued before it; one synchronize at the end."""
+    cuda = device.type == "cuda"
+    x = torch.from_numpy(np.stack([w.transpose(2, 0, 1) for w in windows]))
+    if cuda:
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+    q = None if qualities[0] is None else torch.tensor([float(v) for v in qualities]).to(device, non_blocking=cuda)
+    y = model(x, q).float()
+    out = torch.empty(y.shape, dtype=torch.float32, pin_memory=cuda)
+    out.copy_(y, non_blocking=cuda)
+    if cuda:
+        torch.cuda.current_stream(device).synchronize()
+    return list(out.permute(0, 2, 3, 1).numpy())
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -76,29 +93,62 @@ def self_ensemble(fn, planes: np.ndarray, grid: int = 8) -> np.ndarray:
     return (total / 8).astype(planes.dtype)[:h, :w]
 
 
+def network_planes(model: nn.Module, pixels: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """uint8 (h, w) gray or (h, w, 3) RGB -> (the float32 planes the network sees, a function that
+    turns the restored planes back into uint8 pixels of the input's shape and mode).
+
+    A gray model on an RGB image restores its Y channel and keeps Cb/Cr; a colour model on a gray
+    image sees the gray value in all three channels and gives back their mean."""
+    channels = model.args["channels"]
+    if pixels.ndim == 2 and channels == 1:
+        return pixels[..., None].astype(np.float32) / 255, lambda out: to_uint8(out[..., 0] * 255)
+    if pixels.ndim == 3 and channels == 3:
+        return pixels.astype(np.float32) / 255, lambda out: to_uint8(out * 255)
+    if pixels.ndim == 3:  # gray model, colour image: restore Y in the MATLAB YCbCr space
+        ycc = rgb_to_ycbcr(pixels)
+
+        def back_to_rgb(out: np.ndarray) -> np.ndarray:
+            ycc[..., 0] = out[..., 0] * 255
+            return to_uint8(ycbcr_to_rgb(ycc))
+
+        return (ycc[..., :1] / 255).astype(np.float32), back_to_rgb
+    rgb = np.repeat(pixels[..., None], 3, axis=2).astype(np.float32) / 255
+    return rgb, lambda out: to_uint8(out.mean(axis=2) * 255)
+
+
 def restore_pixels(
     model: nn.Module, pixels: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None,
     quality: Optional[float] = None, tta: bool = False,
 ) -> np.ndarray:
-    """uint8 (h, w) gray or (h, w, 3) RGB -> restored uint8 of the same shape and mode.
-    `quality`: the input's IJG JPEG quality, for networks conditioned on it; `tta`: x8 ensemble.
+    """uint8 (h, w) gray or (h, w, 3) RGB -> restored uint8 of the same shape and mode (see
+    :func:`network_planes`). `quality`: the input's IJG JPEG quality, for networks conditioned on
+    it; `tta`: x8 ensemble."""
+    planes, back = network_planes(model, pixels)
+    return back(restore_planes(model, planes, tile, device, quality, tta))
 
-    A gray model on an RGB image restores its Y channel and keeps Cb/Cr; a colour model on a gray
-    image sees the gray value in all three channels and gives back their mean.
-    """
-    channels = model.args["channels"]
-    if pixels.ndim == 2 and channels == 1:
-        out = restore_planes(model, pixels[..., None].astype(np.float32) / 255, tile, device, quality, tta)
-        return to_uint8(out[..., 0] * 255)
-    if pixels.ndim == 3 and channels == 3:
-        return to_uint8(restore_planes(model, pixels.astype(np.float32) / 255, tile, device, quality, tta) * 255)
-    if pixels.ndim == 3:  # gray model, colour image: restore Y in the MATLAB YCbCr space
-        ycc = rgb_to_ycbcr(pixels)
-        y = restore_planes(model, (ycc[..., :1] / 255).astype(np.float32), tile, device, quality, tta)
-        ycc[..., 0] = y[..., 0] * 255
-        return to_uint8(ycbcr_to_rgb(ycc))
-    rgb = np.repeat(pixels[..., None], 3, axis=2).astype(np.float32) / 255
-    return to_uint8(restore_planes(model, rgb, tile, device, quality, tta).mean(axis=2) * 255)
+
+def restore_in_batches(
+    items: list[tuple[nn.Module, np.ndarray, Optional[float]]], device: torch.device, batch: int,
+) -> list[np.ndarray]:
+    """(model, uint8 pixels, quality) items, each restored in one piece (a tile window, or an image
+    no larger than a tile) -> their restored uint8 pixels, in order.
+
+    Items with the same model and planes shape go through the network `batch` at a time in one
+    forward pass (a GPU is fed far better by a few large calls than by many small ones); each result
+    equals :func:`restore_pixels` of the item with a tile as large as the item."""
+    planes, backs = zip(*(network_planes(model, pixels) for model, pixels, _ in items)) if items else ((), ())
+    results: list[Optional[np.ndarray]] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, (model, _, _) in enumerate(items):
+        groups.setdefault((id(model), planes[i].shape), []).append(i)
+    for members in groups.values():
+        model = items[members[0]][0]
+        for start in range(0, len(members), max(1, batch)):
+            chunk = members[start : start + max(1, batch)]
+            outs = run_batch(model, [planes[i] for i in chunk], device, [items[i][2] for i in chunk])
+            for i, out in zip(chunk, outs):
+                results[i] = backs[i](out)
+    return results
 
 
 def pick_model(models: dict[str, nn.Module], image: DecodedImage) -> nn.Module:

@@ -342,7 +342,8 @@ def test_s3_inventory_manifest(s3_server, bucket, tmp_path, model_file, monkeypa
 def test_large_images_are_cut_into_tiles_and_stitched_exactly(tmp_path, model_file):
     """--split-above: each large image is restored as tiles spread over the actors and stitched back;
     the result equals restoring the image whole (margins cover the receptive field), alpha, ICC and
-    EXIF included, and nothing of the tiles is left behind."""
+    EXIF included, and nothing of the tiles is left behind. --tile-batch 3: windows of one shape
+    (and the small image) go through the network three at a time."""
     from carray.images import decode_image
     from carray.modelfiles import load_model
     from carray.restore import restore_image
@@ -356,7 +357,7 @@ def test_large_images_are_cut_into_tiles_and_stitched_exactly(tmp_path, model_fi
         (tmp_path / "in" / name).write_bytes(data)
     out = tmp_path / "out"
     args = ["infer", "--input", str(tmp_path / "in"), "--output", str(out), "--model", model_file,
-            "--split-above", "0.02", "--tile", "64", "--quality-override", "20"]
+            "--split-above", "0.02", "--tile", "64", "--quality-override", "20", "--tile-batch", "3"]
     assert cli_main(args) == 0
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["restored"] == 3 and summary["failed"] == 0

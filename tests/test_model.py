@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from carray.model import ARCNN, ModelFileError, build_model, load_model_bytes, model_bytes, multiply_adds_per_pixel
-from carray.restore import restore_pixels, restore_planes, run_model
+from carray.restore import restore_in_batches, restore_pixels, restore_planes, run_model
 
 
 def test_arcnn_is_the_original_design_with_the_fixes_as_arguments():
@@ -61,6 +61,37 @@ def test_restore_keeps_mode_and_size():
     assert restore_pixels(gray, rgb).shape == (13, 17, 3)  # Y restored, CbCr kept
     assert restore_pixels(colour, rgb[..., 0]).shape == (13, 17)
     assert restore_pixels(gray, np.zeros((1, 1), np.uint8)).shape == (1, 1)
+
+
+def test_batched_restoration_equals_one_at_a_time():
+    """restore_in_batches: items of several shapes, modes, models and qualities, batched by (model,
+    shape) up to the batch size, come back in order, each as restore_pixels would make it."""
+    torch.manual_seed(0)
+    gray, colour = build_model("unshuffled-cnn").eval(), build_model("unshuffled-cnn", channels=3).eval()
+    for model in (gray, colour):
+        for p in model.parameters():
+            p.data.normal_(0, 0.05)
+    rng = np.random.default_rng(2)
+    items = [
+        (gray, rng.integers(0, 256, (40, 56), dtype=np.uint8), None),
+        (colour, rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), None),
+        (gray, rng.integers(0, 256, (40, 56), dtype=np.uint8), None),
+        (gray, rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), None),  # gray model, colour image: Y
+        (gray, rng.integers(0, 256, (33, 18), dtype=np.uint8), None),
+        (gray, rng.integers(0, 256, (40, 56), dtype=np.uint8), None),
+    ]
+    for batch in (1, 2, 8):
+        got = restore_in_batches(items, torch.device("cpu"), batch)
+        for (model, pixels, q), out in zip(items, got):
+            expected = restore_pixels(model, pixels, tile=64)
+            assert out.shape == pixels.shape and np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    conditioned = build_model("unshuffled-cnn", quality_input=True).eval()
+    for p in conditioned.parameters():
+        p.data.normal_(0, 0.05)
+    image = rng.integers(0, 256, (24, 24), dtype=np.uint8)
+    low, high = restore_in_batches([(conditioned, image, 10), (conditioned, image, 90)], torch.device("cpu"), 2)
+    assert np.array_equal(low, restore_pixels(conditioned, image, quality=10))  # each its own quality
+    assert np.array_equal(high, restore_pixels(conditioned, image, quality=90)) and not np.array_equal(low, high)
 
 
 def test_model_file_roundtrip_and_refusals(tmp_path):
