@@ -1,10 +1,11 @@
 """Throughput of the shipped network's forward pass per precision and tile batch, pure PyTorch
 (no Ray: the GPU machines we borrow have PyTorch but not Ray).
 
-Tiles of --tile pixels (with the margin the infer job reads around each) are batched --tile-batch at
-a time into one forward pass, pinned host memory and non-blocking copies in and out, as a restoring
-actor would run them. Prints megapixels/s of output per (precision, tile batch), the ratio to fp32
-with a batch of 1 measured in the same run, and the share of the card's peak FLOP/s.
+Tiles of --tile pixels (with the margin the infer job reads around each) are batched --batches at
+a time into one forward pass, pinned host memory and non-blocking copies in and out. Prints
+megapixels/s of output per (precision, tile batch), the ratio to fp32 with a batch of 1 measured in
+the same run, the share of the card's peak FLOP/s, and the rate of the restoring actors' own code path
+(carray.restore.run_batch: numpy windows in, numpy out, as --tile-batch runs them).
 
     python bench/gpu.py                          # CUDA if present, else the CPU path (fp32 only)
     python bench/gpu.py --precisions fp32 fp16 bf16 --batches 1 4 16 --tile 512
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from carray.model import load_model_bytes, multiply_adds_per_pixel  # noqa: E402  (no Ray in carray.model)
+from carray.restore import run_batch  # noqa: E402  (nor in carray.restore)
 
 MODELS = Path(__file__).resolve().parents[1] / "carray" / "models"
 # Dense peak TFLOP/s from the vendors' data sheets: (fp32 without tensor cores, fp16/bf16 tensor cores).
@@ -71,6 +73,27 @@ def measure(model, device, precision: str, batch: int, tile: int, margin: int, s
     return steps * batch * tile * tile / 1e6 / elapsed
 
 
+def measure_actor_path(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float) -> float:
+    """Output megapixels/s of carray.restore.run_batch, the restoring actors' code: numpy windows
+    stacked, pinned, copied, run, copied back and cropped to their cores on the host."""
+    side = tile + 2 * margin
+    windows = [torch.rand(side, side, model.args["channels"]).numpy() for _ in range(batch)]
+    autocast = torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES else torch.autocast(device.type, enabled=False)
+
+    def step():
+        with autocast:
+            outs = run_batch(model, windows, device, [30.0] * batch)
+        return [out[margin : margin + tile, margin : margin + tile] for out in outs]
+
+    for _ in range(3):
+        step()
+    started, steps = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        step()
+        steps += 1
+    return steps * batch * tile * tile / 1e6 / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(MODELS / "gray.pt"))
@@ -91,7 +114,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name} | model {model.arch} {model.args} | tile {args.tile} + margin {margin} | "
           f"{flops_per_pixel / 1e3:.0f} kFLOP per output pixel (margins included)")
-    print(f"{'precision':>9} {'tile batch':>10} {'MP/s':>9} {'x fp32 b1':>10} {'% of peak':>10}")
+    print(f"{'precision':>9} {'tile batch':>10} {'MP/s':>9} {'x fp32 b1':>10} {'% of peak':>10} {'actor path MP/s':>16}")
     baseline = None
     for precision in precisions:
         for batch in args.batches:
@@ -99,7 +122,8 @@ def main() -> None:
             baseline = baseline or rate
             peak = peak_tflops(device, precision, args.peak_tflops)
             share = f"{100 * rate * 1e6 * flops_per_pixel / (peak * 1e12):9.1f}%" if peak else f"{'n/a':>10}"
-            print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share}")
+            actor = measure_actor_path(model, device, precision, batch, args.tile, margin, args.seconds)
+            print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share} {actor:16.2f}")
 
 
 if __name__ == "__main__":

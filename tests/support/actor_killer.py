@@ -12,9 +12,9 @@ def install() -> None:
 
     restore = infer.Restorer.restore
 
-    def restore_or_die(self, row):
-        if "kill-me" in row["path"]:
+    def restore_or_die(self, rows):
+        if any("kill-me" in row["path"] for row in rows):
             os.kill(os.getpid(), signal.SIGKILL)
-        return restore(self, row)
+        return restore(self, rows)
 
     infer.Restorer.restore = restore_or_die
