@@ -86,14 +86,15 @@ def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
 #
 # A row is a *pack*: a few images (or tiles of one large image) that one task or actor call
 # handles together, every column a list with one entry per image. Ray Data's per-block cost (a
-# task or an actor call, an object) is then paid once per pack: 256 thumbnails cost about what one
+# task or an actor call, an object) is then paid once per pack: 128 thumbnails cost about what one
 # photo costs. Packs hold at most PACK_KEYS keys and, once decoded, about PACK_PIXELS pixels; an
 # image above --split-above megapixels becomes tiles (see split_into_tiles) spread over packs, so
 # every actor restores part of it. Measured on 3000 JPEGs of 128x128, 2 CPUs, alternating runs on
-# one Ray: 64-key / 1 MP packs 80.1-81.7 images/s, 256-key / 4 MP packs 81.2-85.7.
+# one Ray: 64-key / 1 MP packs 80.1-81.7 images/s, 256 / 4 MP 81.2-85.7, then 128 / 2 MP 86.4-88.8
+# against 256 / 4 MP 80.1-88.3: the smaller of the two, as fast, leaves less idle at the end.
 
-PACK_KEYS = 256
-PACK_PIXELS = 4_000_000
+PACK_KEYS = 128
+PACK_PIXELS = 2_000_000
 # Tiles of a large image come in smaller packs: they are what fills the actors' memory on a
 # 100 MP image (measured: 4 MP packs of tiles 1.56 GiB above idle Ray, 1 MP packs 1.42 GiB).
 TILE_PACK_PIXELS = 1_000_000
@@ -472,7 +473,8 @@ def attempt_key(row: dict) -> str:
 
 class Restorer:
     """map_batches callable class: loads the models once per actor and restores the images and
-    tiles of one pack per call, at the quality the decode stage chose.
+    tiles of one pack per call, at the quality the decode stage chose, `tile_batch` windows per
+    forward pass where they share a shape (see :meth:`restore`).
 
     A pack whose actor died while restoring it is tried again by Ray. The tracker counts the starts
     of each pack (one call per pack); a pack that starts again is restored one image at a time with

@@ -132,12 +132,22 @@ class _ResidualBlock(nn.Module):
         nn.init.zeros_(self.b.bias)
 
     def forward(self, x: torch.Tensor, film: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # inference: in place, three fewer full-size tensors per block
+            r = self.b(self.a(x).relu_())
+            return (r if film is None else _modulate(r, film, in_place=True)).add_(x)
         r = self.b(F.relu(self.a(x)))
         return x + (r if film is None else _modulate(r, film))
 
 
-def _modulate(features: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-    """FiLM: film (n, 2, c, 1, 1) = (scale offset, shift); zeros leave the features unchanged."""
+def _relu(x: torch.Tensor, in_place: bool) -> torch.Tensor:
+    return x.relu_() if in_place else F.relu(x)
+
+
+def _modulate(features: torch.Tensor, film: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """FiLM: film (n, 2, c, 1, 1) = (scale offset, shift); zeros leave the features unchanged.
+    `in_place`: overwrite `features` (inference, where nothing else reads them)."""
+    if in_place:
+        return features.mul_(1 + film[:, 0]).add_(film[:, 1])
     return features * (1 + film[:, 0]) + film[:, 1]
 
 
@@ -201,16 +211,17 @@ class UnshuffledCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         h, w = x.shape[-2:]
-        features = F.relu(self.inp(F.pixel_unshuffle(_pad_to_even(x), 2)))
+        inference = not torch.is_grad_enabled()  # then in place: activations of a large tile are tens of MB each
+        features = _relu(self.inp(F.pixel_unshuffle(_pad_to_even(x), 2)), inference)
         if self.film is None:
-            features = F.relu(self.blocks(features))
+            features = _relu(self.blocks(features), inference)
         else:
             if quality is None:
                 raise ValueError("this network is conditioned on JPEG quality: pass quality=(n,) values 1..100")
             film = self.film(quality.to(x.device))
             for i, block in enumerate(self.blocks):
                 features = block(features, film[:, i])
-            features = _modulate(F.relu(features), film[:, -1])
+            features = _modulate(_relu(features, inference), film[:, -1], in_place=inference)
         return x + F.pixel_shuffle(self.out(features), 2)[..., :h, :w]
 
 
