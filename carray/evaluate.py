@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from . import jpeg, metrics, storage
 from .config import EvaluateConfig, parse_qualities
 from .images import IMAGE_EXTENSIONS, ImageError, decode_image
-from .pairs import double_compress, prepare_pixels
+from .pairs import prepare_pixels
 from .quality import Policy, jpeg_quality
 
 SCORES = ("psnr", "ssim", "psnr_b")
@@ -37,10 +37,7 @@ def compress_for_test(original: np.ndarray, quality: int, first_quality: int = -
     (first_quality > 0): at `first_quality`, shifted by DOUBLE_SHIFT, then at `quality`; the
     reference is the original shifted the same way."""
     if first_quality > 0:
-        reference, _ = double_compress(original, first_quality, quality, DOUBLE_SHIFT)
-        dy, dx = DOUBLE_SHIFT
-        once = jpeg.roundtrip(original, first_quality)[dy:, dx:]
-        return reference, jpeg.compress(np.ascontiguousarray(once), quality)
+        return jpeg.compress_twice(original, first_quality, quality, DOUBLE_SHIFT)
     return original, jpeg.compress(original, quality)
 
 

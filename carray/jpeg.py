@@ -20,7 +20,21 @@ def compress(pixels: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def decompress(data: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 (h, w) or (h, w, 3), as :func:`compress` was given them."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img).copy()
+
+
 def roundtrip(pixels: np.ndarray, quality: int) -> np.ndarray:
     """Compress at `quality` and decode again: the degraded image, same shape and dtype."""
-    with Image.open(io.BytesIO(compress(pixels, quality))) as img:
-        return np.asarray(img).copy()
+    return decompress(compress(pixels, quality))
+
+
+def compress_twice(pixels: np.ndarray, first: int, second: int, shift: tuple[int, int]) -> tuple[np.ndarray, bytes]:
+    """JPEG at `first`, crop `shift` pixels off the top and left (so the second JPEG's 8x8 grid
+    does not line up with the first's), JPEG again at `second`. Returns (the original cropped the
+    same way, the second JPEG's bytes)."""
+    dy, dx = shift
+    once = roundtrip(pixels, first)[dy:, dx:]
+    return pixels[dy:, dx:], compress(np.ascontiguousarray(once), second)

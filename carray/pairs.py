@@ -75,11 +75,11 @@ def double_plan(
 
 
 def double_compress(pixels: np.ndarray, first: int, second: int, shift: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """JPEG at `first`, crop `shift` pixels off the top and left, JPEG again at `second`.
-    Returns (the cropped original, the double-compressed image), same shape."""
-    dy, dx = shift
-    once = jpeg.roundtrip(pixels, first)[dy:, dx:]
-    return pixels[dy:, dx:], jpeg.roundtrip(np.ascontiguousarray(once), second)
+    """:func:`carray.jpeg.compress_twice`, decoded: (the cropped original, the double-compressed
+    image), same shape."""
+    cropped, data = jpeg.compress_twice(pixels, first, second, shift)
+    return cropped, jpeg.decompress(data)
+
 
 def prepare_pixels(pixels: np.ndarray, color: bool) -> np.ndarray:
     """Gray mode: the MATLAB Y channel (h, w). Colour mode: RGB (h, w, 3), gray images repeated."""

@@ -108,22 +108,11 @@ def list_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str]) -> lis
 
 def list_file_sizes(fs: pafs.FileSystem, root: str, extensions: Iterable[str]) -> dict[str, int]:
     """As list_files, with each file's size in bytes (the listing has it at no extra cost)."""
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"{root}: does not exist")
-    if info.type == pafs.FileType.File:
-        raise StorageError(f"{root}: is a file; give the folder or prefix that holds the images")
     wanted = tuple(e.lower() for e in extensions)
-    found = {}
-    for item in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if item.type != pafs.FileType.File:
-            continue
-        rel = posixpath.relpath(item.path.replace(os.sep, "/"), root.replace(os.sep, "/"))
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        if rel.lower().endswith(wanted):
-            found[rel] = item.size or 0
-    return found
+    return {
+        rel: size for rel, size in walk_files(fs, root)
+        if rel.lower().endswith(wanted) and not any(part.startswith((".", "_")) for part in rel.split("/"))
+    }
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
