@@ -72,15 +72,10 @@ class Evaluator:
 
     def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False,
                  precision: str = "fp32", int8: Optional[dict] = None):
-        import torch
+        from .quantize import setup_restoring_process
 
-        from .quantize import load_networks
-        from .restore import pick_device
-
-        self.device = pick_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads)
-        self.model = load_networks({"model": model_file}, precision, self.device, threads, int8)["model"]
+        self.device, networks = setup_restoring_process({"model": model_file}, precision, threads, int8)
+        self.model = networks["model"]
         self.fs, self.root, self.color, self.tile, self.policy, self.max_pixels, self.tta = fs, root, color, tile, policy, max_pixels, tta
 
     def __call__(self, batch: dict) -> dict:

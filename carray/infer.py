@@ -484,15 +484,9 @@ class Restorer:
 
     def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False,
                  precision: str = "fp32", int8: Optional[dict] = None, tile_batch: int = 1):
-        import torch
+        from .quantize import setup_restoring_process
 
-        from .quantize import load_networks
-        from .restore import pick_device
-
-        self.device = pick_device()
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads)
-        self.models = load_networks(model_files, precision, self.device, threads, int8)
+        self.device, self.models = setup_restoring_process(model_files, precision, threads, int8)
         self.tile, self.tracker, self.max_attempts, self.tta, self.tile_batch = tile, tracker, max_attempts, tta, tile_batch
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 

@@ -222,3 +222,15 @@ def load_networks(files: dict[str, bytes], precision: str, device: torch.device,
         else:
             networks[kind] = prepare_model(model, device)
     return networks
+
+
+def setup_restoring_process(files: dict[str, bytes], precision: str, threads: int,
+                            int8: Optional[dict[str, bytes]] = None) -> tuple[torch.device, dict[str, nn.Module]]:
+    """What a restoring actor (infer's Restorer, evaluate's Evaluator) sets up once: its device
+    (CUDA when present), torch's CPU threads, and its networks at `precision`."""
+    from .restore import pick_device
+
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return device, load_networks(files, precision, device, threads, int8)
