@@ -9,6 +9,7 @@ Cases:
   collection  MP/s of the job on the bundled LIVE1 gray JPEGs (x4) against a decode-model-encode loop
               (no Ray, torch threads = CPUs, same model, same tiles).
   small       images/s on 3000 JPEGs of 128x128 against the same loop on them; the driver's peak RSS.
+              --split: also 6000, giving the job's rate per extra image and its fixed cost per job.
   large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
   precision   the large image through the job at --precision fp32 and int8: MP/s and their ratio.
@@ -167,15 +168,24 @@ def case_collection(tmp: Path, model_path: str, cpus: int, copies: int) -> dict:
     return {"loop_mp_per_s": loop_mp, "job_mp_per_s": summary["megapixels_per_second"], "ratio": ratio}
 
 
-def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str) -> dict:
+def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, split: bool) -> dict:
     make_jpegs(tmp / "small", count=count, crop=128)
     _, loop_images = plain_loop(tmp / "small", model_path, cpus)
     summary = job_in_subprocess(tmp / "small", tmp / "small-out", model_path, address)
     ratio = summary["images_per_second"] / loop_images
     print(f"small: {count} JPEGs of 128x128: job {summary['images_per_second']:.1f} images/s, loop {loop_images:.1f} images/s, "
           f"ratio {ratio:.2f}; driver peak RSS {summary['driver_peak_rss_mb']:.0f} MB")
-    return {"loop_images_per_s": loop_images, "job_images_per_s": summary["images_per_second"], "ratio": ratio,
-            "driver_peak_rss_mb": summary["driver_peak_rss_mb"]}
+    result = {"loop_images_per_s": loop_images, "job_images_per_s": summary["images_per_second"], "ratio": ratio,
+              "driver_peak_rss_mb": summary["driver_peak_rss_mb"]}
+    if split:  # a second job on twice the files: what each image costs, and what a job costs once
+        make_jpegs(tmp / "small-twice", count=2 * count, crop=128)
+        twice = job_in_subprocess(tmp / "small-twice", tmp / "small-twice-out", model_path, address)
+        marginal = count / (twice["seconds"] - summary["seconds"])
+        fixed = summary["seconds"] - count / marginal
+        print(f"small, split: {2 * count} JPEGs in {twice['seconds']:.1f} s vs {count} in {summary['seconds']:.1f} s: "
+              f"{marginal:.1f} images/s per extra image (ratio {marginal / loop_images:.2f} to the loop), {fixed:.1f} s fixed per job")
+        result.update(marginal_images_per_s=marginal, marginal_ratio=marginal / loop_images, fixed_seconds=fixed)
+    return result
 
 
 def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None, tile: int) -> dict:
@@ -240,6 +250,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
+    parser.add_argument("--split", action="store_true",
+                        help="small case: also run the job on twice the files, to split its time into a cost per image and a cost per job")
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
     parser.add_argument("--tile", type=int, default=512, help="--tile of the job in the large case (its tiles' core side)")
     parser.add_argument("--cpus", type=int, default=2)
@@ -259,7 +271,7 @@ def main() -> None:
         if "collection" in args.cases:
             results["collection"] = case_collection(tmp, model_path, args.cpus, args.copies)
         if "small" in args.cases:
-            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address)
+            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address, args.split)
         if "large" in args.cases:
             loop_mp = results.get("collection", {}).get("loop_mp_per_s")
             results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp, args.tile)
