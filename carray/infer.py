@@ -445,18 +445,14 @@ class JobTracker:
 
 
 @functools.lru_cache(maxsize=None)
-def _libc():
-    """glibc, looked up once per process (None where there is none)."""
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once per process (None where there is no glibc)."""
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
         return None
-
-
-def _malloc_trim():
-    return getattr(_libc(), "malloc_trim", None)
 
 
 def release_free_memory() -> None:
