@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from carray import jpeg
-from carray.images import DecodedImage, decode_image
+from carray.images import decode_image
 from carray.metrics import psnr
 from carray.modelfiles import load_model, shipped_path
 from carray.quantize import PrecisionError, calibration_feeds, int8_network, load_networks, resolve_precision
