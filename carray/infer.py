@@ -91,10 +91,12 @@ def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
 # image above --split-above megapixels becomes tiles (see split_into_tiles) spread over packs, so
 # every actor restores part of it. Measured on 3000 JPEGs of 128x128, 2 CPUs, alternating runs on
 # one Ray: 64-key / 1 MP packs 80.1-81.7 images/s, 256 / 4 MP 81.2-85.7, then 128 / 2 MP 86.4-88.8
-# against 256 / 4 MP 80.1-88.3: the smaller of the two, as fast, leaves less idle at the end.
+# against 256 / 4 MP 80.1-88.3: the smaller of the two, as fast, leaves less idle at the end. The
+# pixel bound sits well above a full pack of thumbnails (128 of 128x128 = 2.1 MP): at 2 MP each such
+# pack was cut into 122 + 6 images, an actor call for 6 (128 / 4 MP vs 128 / 2 MP: 82.2-86.4 vs 80.3-83.6).
 
 PACK_KEYS = 128
-PACK_PIXELS = 2_000_000
+PACK_PIXELS = 4_000_000
 # Tiles of a large image come in smaller packs: they are what fills the actors' memory on a
 # 100 MP image (measured: 4 MP packs of tiles 1.56 GiB above idle Ray, 1 MP packs 1.42 GiB).
 TILE_PACK_PIXELS = 1_000_000

@@ -36,14 +36,14 @@ IMAGES = 24
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, ray_session):
-    """24 JPEGs big enough that a run lasts several seconds and spans two packs (2 MP each: the
-    outputs of one pack appear together, so a run of one pack could not be interrupted part-way),
+    """24 JPEGs big enough that a run lasts several seconds and spans two packs (at most 4 MP
+    each: the outputs of one pack appear together, so a run of one pack could not be interrupted part-way),
     one broken file, a model, and the outputs of an undisturbed run to compare against."""
     root = tmp_path_factory.mktemp("faults")
     src = root / "in"
     (src / "sub").mkdir(parents=True)
     for i in range(IMAGES):
-        (src / ("sub" if i % 3 else "") / f"img{i:02d}.jpg").write_bytes(jpeg.compress(smooth_image(384, 384, seed=i), 10))
+        (src / ("sub" if i % 3 else "") / f"img{i:02d}.jpg").write_bytes(jpeg.compress(smooth_image(512, 512, seed=i), 10))
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     model = root / "arcnn.pt"
     save_model(build_model("arcnn"), str(model))
