@@ -43,14 +43,37 @@ def peak_tflops(device: torch.device, precision: str, override: float) -> float:
     return 0.0
 
 
+def autocast_for(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES else torch.autocast(device.type, enabled=False)
+
+
+@torch.inference_mode()
+def output_rate(step, device: torch.device, batch: int, tile: int, seconds: float) -> float:
+    """Output megapixels/s of `step` (one forward of `batch` windows, a core of tile^2 kept each),
+    after a warm-up in which cuDNN / oneDNN pick their kernels for these shapes."""
+    cuda = device.type == "cuda"
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    started, steps = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        step()
+        steps += 1
+    if cuda:
+        torch.cuda.synchronize()
+    return steps * batch * tile * tile / 1e6 / (time.perf_counter() - started)
+
+
 def measure(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float) -> float:
-    """Output megapixels/s: `batch` windows of (tile + 2 margin)^2 per forward, core tile^2 kept."""
+    """The forward loop at its best: `batch` windows of (tile + 2 margin)^2 kept in pinned host
+    memory, copied in and their cores out without blocking."""
     side = tile + 2 * margin
     channels = model.args["channels"]
     host = torch.rand(batch, channels, side, side).pin_memory() if device.type == "cuda" else torch.rand(batch, channels, side, side)
     quality = torch.full((batch,), 30.0, device=device)
     out_host = torch.empty(batch, channels, tile, tile, pin_memory=device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES else torch.autocast(device.type, enabled=False)
+    autocast = autocast_for(device, precision)
 
     def step():
         x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -58,40 +81,22 @@ def measure(model, device, precision: str, batch: int, tile: int, margin: int, s
             y = model(x, quality)
         out_host.copy_(y[..., margin : margin + tile, margin : margin + tile].float(), non_blocking=True)
 
-    with torch.inference_mode():
-        for _ in range(3):  # warm-up: cuDNN / oneDNN pick their kernels for these shapes
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started, steps = time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            step()
-            steps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-    return steps * batch * tile * tile / 1e6 / elapsed
+    return output_rate(step, device, batch, tile, seconds)
 
 
 def measure_actor_path(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float) -> float:
-    """Output megapixels/s of carray.restore.run_batch, the restoring actors' code: numpy windows
-    stacked, pinned, copied, run, copied back and cropped to their cores on the host."""
+    """carray.restore.run_batch, the restoring actors' code: numpy windows stacked, pinned, copied,
+    run, copied back and cropped to their cores on the host."""
     side = tile + 2 * margin
     windows = [torch.rand(side, side, model.args["channels"]).numpy() for _ in range(batch)]
-    autocast = torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES else torch.autocast(device.type, enabled=False)
+    autocast = autocast_for(device, precision)
 
     def step():
         with autocast:
             outs = run_batch(model, windows, device, [30.0] * batch)
         return [out[margin : margin + tile, margin : margin + tile] for out in outs]
 
-    for _ in range(3):
-        step()
-    started, steps = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        step()
-        steps += 1
-    return steps * batch * tile * tile / 1e6 / (time.perf_counter() - started)
+    return output_rate(step, device, batch, tile, seconds)
 
 
 def main() -> None:
