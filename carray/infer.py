@@ -896,7 +896,11 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         batch_size=1, batch_format="pyarrow",  # one pack per call
         num_cpus=pool.cpus,
         num_gpus=pool.gpus,
-        scheduling_strategy="SPREAD",  # model replicas on as many nodes as possible
+        # Model replicas on as many nodes as possible. Also load-bearing: with the same remote args
+        # as decode_packs (both half a CPU) Ray Data would fuse decoding into these actors, and every
+        # tile of a large image would then stay on the actor that decoded it (test_multinode checks
+        # the actors' class name). Ray 2.60 warns that the argument goes in 2.64.
+        scheduling_strategy="SPREAD",
     )
     ds = ds.map_batches(  # the sink's resources: Ray Data fuses the two into one task per pack
         write_pack, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
