@@ -50,9 +50,12 @@ SUMMARY_FILE = "_summary.json"
 WORK_DIR = "_carray"  # inside the output: the listing's parts and the failure parts of this run
 LISTING_PART_ROWS = 100_000  # keys per Parquet part of a listing: bounds the driver's memory
 PROGRESS_EVERY_S = 10.0
-# Every task asks for half a CPU, like CPU actors: a node with one CPU then always fits an actor
-# and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes are never scheduled).
-READ_CPUS = {"num_cpus": 0.5}
+# Decoding asks for about half a CPU, like CPU actors: a node with one CPU then always fits an actor
+# and a task (whole-CPU tasks next to half-CPU actors on 1-CPU nodes are never scheduled). Not
+# exactly the actors' 0.5: Ray Data fuses consecutive stages whose resources are equal, and decoding
+# fused into the actors would keep every tile of a large image on the actor that decoded it and
+# stop decoding from running ahead of restoring (test_multinode checks the actors' class name).
+READ_CPUS = {"num_cpus": 0.49}
 # Reading keys and planning ask for less: Ray Data fuses consecutive stages with the same resources
 # into one task, and one task must not decode every image of a 100 k-key listing part by itself.
 PLAN_CPUS = {"num_cpus": 0.25}
@@ -416,9 +419,6 @@ class JobTracker:
     def end(self, keys: list[str]) -> None:
         for key in keys:
             self.attempts.pop(key, None)
-
-    def in_flight(self) -> dict[str, int]:
-        return dict(self.attempts)
 
     def tile_done(self, path: str, index: int, total: int) -> bool:
         """True when every tile of `path` is stored (again True for a retried last write, until
@@ -870,7 +870,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
             raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
         keys_ds = keys_dataset(parts, dst_fs, "parquet")
 
-    # Named, so that an operator (or a fault test) can look at what is in flight.
+    # Named (carray-tracker-…, namespace carray), so an operator finds the job's tracker in the dashboard.
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu)
     precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
@@ -896,11 +896,8 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         batch_size=1, batch_format="pyarrow",  # one pack per call
         num_cpus=pool.cpus,
         num_gpus=pool.gpus,
-        # Model replicas on as many nodes as possible. Also load-bearing: with the same remote args
-        # as decode_packs (both half a CPU) Ray Data would fuse decoding into these actors, and every
-        # tile of a large image would then stay on the actor that decoded it (test_multinode checks
-        # the actors' class name). Ray 2.60 warns that the argument goes in 2.64.
-        scheduling_strategy="SPREAD",
+        # No scheduling_strategy: Ray Data spreads an actor pool over the nodes by itself (model
+        # replicas on as many nodes as possible), and Ray 2.64 drops the argument.
     )
     ds = ds.map_batches(  # the sink's resources: Ray Data fuses the two into one task per pack
         write_pack, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,

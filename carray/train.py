@@ -296,7 +296,8 @@ def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root:
 
     use_gpu, resources, threads, why = plan_train_workers(cfg.workers, cfg.gpu, cfg.threads)
     print(f"carray: {cfg.workers} {'GPU' if use_gpu else 'CPU'} training worker(s), {resources} each ({why})", flush=True)
-    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs, columns=[COMPRESSED, ORIGINAL, QUALITY])
+    # select_columns, not read_parquet(columns=) (deprecated): Ray Data pushes it into the read.
+    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs).select_columns([COMPRESSED, ORIGINAL, QUALITY])
     return TorchTrainer(
         train_loop_per_worker,
         # NCCL between GPU workers; one worker needs no collective backend that requires CUDA.
