@@ -139,6 +139,21 @@ def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path
     assert_exactly_once(src, local, reference)
 
 
+def registered_checkpoint_step(run: Path) -> int:
+    """The step of the latest checkpoint Ray Train's controller has registered (0 if none yet).
+
+    Not the checkpoint folders on disk: a worker writes its folder before the controller takes
+    the report, and a worker killed in between loses that report (Ray Train drops the queued
+    results of a dead worker), so the folders can run one or two intervals ahead of what a
+    restart resumes from."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return 0
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return int(latest.get("metrics", {}).get("step", 0))
+
+
 def test_training_worker_killed_resumes_from_checkpoint(tmp_path, ray_session):
     images = tmp_path / "images"
     images.mkdir()
@@ -150,15 +165,16 @@ def test_training_worker_killed_resumes_from_checkpoint(tmp_path, ray_session):
     args = ["--data", str(tmp_path / "data"), "--output", str(out), "--steps", "60", "--batch-size", "16",
             "--checkpoint-every", str(interval), "--keep-checkpoints", "20", "--val-every", "1000", "--max-failures", "2"]
     job = start_job("train.py", args, tmp_path / "train.log")
-    checkpoints = lambda: len(list((out / "train").glob("checkpoint_2*")))
-    wait_for(lambda: checkpoints() >= 2 or job.poll() is not None, what="two checkpoints")
-    saved = checkpoints()
+    wait_for(lambda: registered_checkpoint_step(out / "train") >= 2 * interval or job.poll() is not None, what="two registered checkpoints")
+    saved = registered_checkpoint_step(out / "train")
     kill_ray_actor("RayTrainWorker", address=ray_session.get_runtime_context().gcs_address)
     job.wait(timeout=400)
     log = (tmp_path / "train.log").read_text()
     assert job.returncode == 0, log[-3000:]
-    resumed = int(log.split("resuming from the checkpoint at step ")[1].split()[0])
-    assert resumed >= saved * interval - interval, "at most one checkpoint interval of work is redone"
+    # The driver's summary line, not the worker's "resuming" line: worker output reaches the log
+    # through Ray's log forwarding, which gives no promise of arriving before the job ends.
+    resumed = int(log.split("(resumed from step ")[1].split(")")[0])
+    assert resumed >= saved, f"resumed from step {resumed}, but step {saved} was checkpointed before the kill:\n{log[-3000:]}"
     from carray.modelfiles import load_model
 
     model, training = load_model(str(out / "model.pt"))
