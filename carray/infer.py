@@ -904,8 +904,11 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality, "dst_fs": dst_fs, "dst_root": dst_root, "tracker": tracker},
     )
     sink = ImageSink(dst_fs, dst_root)
-    with _ProgressPrinter(tracker, total, say):
-        ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
+    try:
+        with _ProgressPrinter(tracker, total, say):
+            ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
+    finally:  # the tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job
+        ray.kill(tracker)
 
     failed = merge_failure_parts(dst_fs, dst_root)
     storage.delete_dir_if_exists(dst_fs, storage.join(dst_root, WORK_DIR))

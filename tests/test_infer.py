@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
+import ray
 from PIL import Image
 
 from carray import jpeg
@@ -83,6 +84,8 @@ def test_folder_with_bad_files_then_rerun_writes_nothing(tmp_path, model_file):
     assert summary["seen"] == len(good) + len(bad)
     assert not [p for p in dst.rglob("*") if p.name.endswith(".tmp")], "no temporary file is left"
     assert not (dst / "_carray").exists(), "the run's working files are cleaned up"
+    trackers = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("carray-tracker-")]
+    assert not trackers, "the job's tracker actor ends with the job, not with its driver"
 
     before = {p: p.stat().st_mtime_ns for p in dst.rglob("*.png")}
     time.sleep(0.01)
