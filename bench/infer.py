@@ -8,8 +8,8 @@ cores, in one command. Every figure is a ratio against a baseline measured in th
 Cases:
   collection  MP/s of the job on the bundled LIVE1 gray JPEGs (x4) against a decode-model-encode loop
               (no Ray, torch threads = CPUs, same model, same tiles).
-  small       images/s on 3000 JPEGs of 128x128 against the same loop on them (run before and after
-              the job; their mean); the driver's peak RSS.
+  small       images/s on 3000 JPEGs of 128x128 against the same loop on them: --repeat jobs, loop
+              runs before, between and after them; mean job rate over mean loop rate; the driver's peak RSS.
               --split: also 6000, giving the job's rate per extra image and its fixed cost per job.
   large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
@@ -169,26 +169,35 @@ def case_collection(tmp: Path, model_path: str, cpus: int, copies: int) -> dict:
     return {"loop_mp_per_s": loop_mp, "job_mp_per_s": summary["megapixels_per_second"], "ratio": ratio}
 
 
-def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, split: bool) -> dict:
+def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, split: bool, repeat: int) -> dict:
     make_jpegs(tmp / "small", count=count, crop=128)
-    # The loop runs before and after the job and the baseline is their mean: on this kind of VM one
-    # loop run alone swings 83-107 images/s between runs (its two torch threads share every image,
-    # so a busy neighbour slows both), more than the difference being measured.
-    before = plain_loop(tmp / "small", model_path, cpus)[1]
-    summary = job_in_subprocess(tmp / "small", tmp / "small-out", model_path, address)
-    after = plain_loop(tmp / "small", model_path, cpus)[1]
-    loop_images = (before + after) / 2
-    ratio = summary["images_per_second"] / loop_images
-    print(f"small: {count} JPEGs of 128x128: job {summary['images_per_second']:.1f} images/s, loop {loop_images:.1f} images/s "
-          f"({before:.1f} before the job, {after:.1f} after), ratio {ratio:.2f}; driver peak RSS {summary['driver_peak_rss_mb']:.0f} MB")
-    result = {"loop_images_per_s": loop_images, "loop_before_after": [before, after], "job_images_per_s": summary["images_per_second"],
-              "ratio": ratio, "driver_peak_rss_mb": summary["driver_peak_rss_mb"]}
-    if split:  # a second job on twice the files: what each image costs, and what a job costs once
+    # Loop and job alternate, loop first and last (loop, job, loop, ..., job, loop); the figure is the
+    # mean job rate over the mean loop rate, and each job is also shown against the two loop runs
+    # beside it. On this kind of VM one run alone swings by 10 % or more (loop: 83-107 images/s;
+    # its two torch threads share every image, so a busy neighbour slows both), more than the
+    # difference being measured.
+    loops, jobs = [plain_loop(tmp / "small", model_path, cpus)[1]], []
+    for i in range(repeat):
+        jobs.append(job_in_subprocess(tmp / "small", tmp / f"small-out-{i}", model_path, address))
+        loops.append(plain_loop(tmp / "small", model_path, cpus)[1])
+    job_rates = [s["images_per_second"] for s in jobs]
+    job_images, loop_images = float(np.mean(job_rates)), float(np.mean(loops))
+    ratio = job_images / loop_images
+    beside = [rate / ((loops[i] + loops[i + 1]) / 2) for i, rate in enumerate(job_rates)]
+    rss = max(s["driver_peak_rss_mb"] for s in jobs)
+    print(f"small: {count} JPEGs of 128x128, {repeat} jobs between {repeat + 1} loop runs: job {job_images:.1f} images/s, "
+          f"loop {loop_images:.1f} images/s, ratio {ratio:.2f}; each job against the loop runs beside it: "
+          f"{', '.join(f'{r:.2f}' for r in beside)} (jobs {', '.join(f'{r:.1f}' for r in job_rates)}; "
+          f"loops {', '.join(f'{r:.1f}' for r in loops)}); driver peak RSS {rss:.0f} MB")
+    result = {"loop_images_per_s": loop_images, "loop_runs": loops, "job_images_per_s": job_images, "job_runs": job_rates,
+              "ratio": ratio, "ratios_beside": beside, "driver_peak_rss_mb": rss}
+    if split:  # a job on twice the files: what each image costs, and what a job costs once
         make_jpegs(tmp / "small-twice", count=2 * count, crop=128)
         twice = job_in_subprocess(tmp / "small-twice", tmp / "small-twice-out", model_path, address)
-        marginal = count / (twice["seconds"] - summary["seconds"])
-        fixed = summary["seconds"] - count / marginal
-        print(f"small, split: {2 * count} JPEGs in {twice['seconds']:.1f} s vs {count} in {summary['seconds']:.1f} s: "
+        once = float(np.mean([s["seconds"] for s in jobs]))
+        marginal = count / (twice["seconds"] - once)
+        fixed = once - count / marginal
+        print(f"small, split: {2 * count} JPEGs in {twice['seconds']:.1f} s vs {count} in {once:.1f} s (mean): "
               f"{marginal:.1f} images/s per extra image (ratio {marginal / loop_images:.2f} to the loop), {fixed:.1f} s fixed per job")
         result.update(marginal_images_per_s=marginal, marginal_ratio=marginal / loop_images, fixed_seconds=fixed)
     return result
@@ -256,6 +265,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
+    parser.add_argument("--repeat", type=int, default=3, help="small case: jobs, each between two loop runs (at least 1)")
     parser.add_argument("--split", action="store_true",
                         help="small case: also run the job on twice the files, to split its time into a cost per image and a cost per job")
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
@@ -263,6 +273,8 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     model_path = args.model or str(shipped_path("gray"))
     results = {"cpus": args.cpus, "model": model_path}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token written to ~/.ray by a bench
@@ -277,7 +289,7 @@ def main() -> None:
         if "collection" in args.cases:
             results["collection"] = case_collection(tmp, model_path, args.cpus, args.copies)
         if "small" in args.cases:
-            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address, args.split)
+            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address, args.split, args.repeat)
         if "large" in args.cases:
             loop_mp = results.get("collection", {}).get("loop_mp_per_s")
             results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp, args.tile)
