@@ -186,8 +186,8 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
     beside = [rate / ((loops[i] + loops[i + 1]) / 2) for i, rate in enumerate(job_rates)]
     rss = max(s["driver_peak_rss_mb"] for s in jobs)
     print(f"small: {count} JPEGs of 128x128, {repeat} jobs between {repeat + 1} loop runs: job {job_images:.1f} images/s, "
-          f"loop {loop_images:.1f} images/s, ratio {ratio:.2f}; each job against the loop runs beside it: "
-          f"{', '.join(f'{r:.2f}' for r in beside)} (jobs {', '.join(f'{r:.1f}' for r in job_rates)}; "
+          f"loop {loop_images:.1f} images/s, ratio {ratio:.3f}; each job against the loop runs beside it: "
+          f"{', '.join(f'{r:.3f}' for r in beside)} (jobs {', '.join(f'{r:.1f}' for r in job_rates)}; "
           f"loops {', '.join(f'{r:.1f}' for r in loops)}); driver peak RSS {rss:.0f} MB")
     result = {"loop_images_per_s": loop_images, "loop_runs": loops, "job_images_per_s": job_images, "job_runs": job_rates,
               "ratio": ratio, "ratios_beside": beside, "driver_peak_rss_mb": rss}
