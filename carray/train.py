@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import posixpath
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -20,6 +21,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 
@@ -320,6 +322,22 @@ def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root:
     )
 
 
+def remove_unregistered_checkpoints(fs, run_root: str, result) -> list[str]:
+    """Delete the checkpoint folders of a finished run that Ray Train never registered; returns
+    their names. A worker writes its folder before the controller takes the report, and Ray Train
+    drops the queued reports of a worker that dies in between: such a folder is never resumed from,
+    nor counted or deleted by --keep-checkpoints, and would stay in the output for good."""
+    kept = {posixpath.basename(checkpoint.path.rstrip("/")) for checkpoint, _ in result.best_checkpoints or []}
+    if result.checkpoint is not None:
+        kept.add(posixpath.basename(result.checkpoint.path.rstrip("/")))
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(run_root, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name not in kept:
+            storage.delete_dir_if_exists(fs, info.path)
+            removed.append(info.base_name)
+    return sorted(removed)
+
+
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as folder:
         return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
@@ -425,6 +443,9 @@ def run_train(cfg: TrainConfig) -> dict:
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "metrics.csv"), write_metrics_csv(history))
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "loss.png"), loss_figure(history))
     load_model_bytes(storage.read_bytes(out_fs, model_path), model_path)  # the file we ship must load
+    orphans = remove_unregistered_checkpoints(out_fs, storage.join(out_root, cfg.name), result)
+    if orphans:
+        print(f"carray: removed {len(orphans)} checkpoint folder(s) Ray Train never registered (written as a worker died): {', '.join(orphans)}")
     last = history[-1] if history else {}
     return {
         "output": cfg.output, "model": storage.join(cfg.output, "model.pt"), "steps": int(final["step"]),

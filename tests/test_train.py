@@ -1,5 +1,6 @@
 """The train job on a real local Ray: 2 CPU workers, checkpoints, resume after a kill, bad data."""
 import csv
+import json
 import os
 import signal
 import time
@@ -53,9 +54,17 @@ def test_two_workers_train_checkpoint_get_killed_and_resume(tiny_data, tmp_path)
     os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-run, after a checkpoint
     first.wait()
     assert not (out / "model.pt").exists()
+    # A folder Ray Train never registered (a worker wrote it and died before the report was taken).
+    orphan = out / "train" / "checkpoint_2000-01-01_00-00-00.000000"
+    orphan.mkdir()
+    (orphan / "state.pt").write_bytes(b"never registered")
 
     code, log = run_job("train.py", args, tmp_path / "second.log")
     assert code == 0, log[-3000:]
+    assert not orphan.exists(), "a checkpoint folder Ray Train never registered is removed at the end"
+    snapshot = json.loads((out / "train" / "checkpoint_manager_snapshot.json").read_text())
+    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    assert registered and {p.name for p in (out / "train").glob("checkpoint_*") if p.is_dir()} == registered
     resumed = int(log.split("resumed from step ")[1].split(")")[0])
     assert resumed >= 10, "the re-run must resume from the checkpoint, not from step 0"
     rows = read_metrics(out / "metrics.csv")
@@ -135,3 +144,26 @@ def test_init_from_a_model_file_adds_the_quality_input_and_keeps_the_weights(tin
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():  # lr 1e-9: the fine-tuned model is still the file's model at any quality
         assert torch.allclose(model(x, torch.tensor([10.0])), base.eval()(x), atol=1e-4)
+
+
+def test_unregistered_checkpoint_folders_are_removed_from_a_bucket(s3_server, bucket):
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint, Result
+
+    from carray.train import remove_unregistered_checkpoints
+
+    _, name = bucket
+    fs = s3_server.filesystem()
+    run = f"{name}/runs/arcnn/train"
+    folders = ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000", "checkpoint_2026-01-01_00-00-03.000000"]
+    for folder in folders:
+        with fs.open_output_stream(f"{run}/{folder}/state.pt") as f:
+            f.write(b"state")
+    with fs.open_output_stream(f"{run}/checkpoint_manager_snapshot.json") as f:
+        f.write(b"{}")
+    best, latest, _orphan = (Checkpoint(f"{run}/{folder}", filesystem=fs) for folder in folders)
+    result = Result(metrics={}, checkpoint=latest, error=None, path=run, metrics_dataframe=None, best_checkpoints=[(best, {}), (latest, {})])
+
+    assert remove_unregistered_checkpoints(fs, run, result) == [folders[2]]
+    left = {info.path.rsplit("/", 1)[1] for info in fs.get_file_info(pafs.FileSelector(run))}
+    assert left == {folders[0], folders[1], "checkpoint_manager_snapshot.json"}
