@@ -173,7 +173,7 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
     make_jpegs(tmp / "small", count=count, crop=128)
     # Loop and job alternate, loop first and last (loop, job, loop, ..., job, loop); the figure is the
     # mean job rate over the mean loop rate, and each job is also shown against the two loop runs
-    # beside it. On this kind of VM one run alone swings by 10 % or more (loop: 83-107 images/s;
+    # beside it. On this kind of VM one run alone swings by 10 % or more (loop: 83-115 images/s;
     # its two torch threads share every image, so a busy neighbour slows both), more than the
     # difference being measured.
     loops, jobs = [plain_loop(tmp / "small", model_path, cpus)[1]], []

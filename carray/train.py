@@ -327,9 +327,8 @@ def remove_unregistered_checkpoints(fs, run_root: str, result) -> list[str]:
     their names. A worker writes its folder before the controller takes the report, and Ray Train
     drops the queued reports of a worker that dies in between: such a folder is never resumed from,
     nor counted or deleted by --keep-checkpoints, and would stay in the output for good."""
-    kept = {posixpath.basename(checkpoint.path.rstrip("/")) for checkpoint, _ in result.best_checkpoints or []}
-    if result.checkpoint is not None:
-        kept.add(posixpath.basename(result.checkpoint.path.rstrip("/")))
+    registered = [checkpoint for checkpoint, _ in result.best_checkpoints or []] + [result.checkpoint]
+    kept = {posixpath.basename(checkpoint.path.rstrip("/")) for checkpoint in registered if checkpoint is not None}
     removed = []
     for info in fs.get_file_info(pafs.FileSelector(run_root, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name not in kept:
