@@ -10,6 +10,12 @@ the same run, the share of the card's peak FLOP/s, and the rate of the restoring
     python bench/gpu.py                          # CUDA if present, else the CPU path (fp32 only)
     python bench/gpu.py --precisions fp32 fp16 bf16 --batches 1 4 16 --tile 512
     python bench/gpu.py --peak-tflops 989        # a card not in the table below (dense fp16/bf16)
+    python bench/gpu.py --psnr                   # and each precision's PSNR on LIVE1 against fp32's
+
+--psnr restores the bundled LIVE1 images (gray: 29, q10-q40; colour: 2, q10 and q40) through the infer
+job's own networks at each precision (carray.quantize.load_networks) and whole-image tiling
+(carray.restore), and prints the mean PSNR and its difference from fp32: what `--precision auto`
+on this device is decided by (the fastest precision within 0.05 dB of fp32).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from carray.model import load_model_bytes, multiply_adds_per_pixel  # noqa: E402  (no Ray in carray.model)
 from carray.restore import run_batch  # noqa: E402  (nor in carray.restore)
+
+BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data"
 
 MODELS = Path(__file__).resolve().parents[1] / "carray" / "models"
 # Dense peak TFLOP/s from the vendors' data sheets: (fp32 without tensor cores, fp16/bf16 tensor cores).
@@ -99,6 +107,38 @@ def measure_actor_path(model, device, precision: str, batch: int, tile: int, mar
     return output_rate(step, device, batch, tile, seconds)
 
 
+def psnr_by_precision(device: torch.device, precisions: list[str], tile: int) -> None:
+    """Mean PSNR of the shipped models on the bundled LIVE1 sets per precision and quality, and the
+    difference from fp32 (compressed once per image and quality, restored by each precision)."""
+    from carray import jpeg, metrics
+    from carray.images import decode_image
+    from carray.pairs import prepare_pixels
+    from carray.quality import jpeg_quality
+    from carray.quantize import load_networks
+    from carray.restore import restore_pixels
+
+    for kind, folder, color, qualities in (("gray", "LIVE1_gray", False, (10, 20, 30, 40)), ("color", "LIVE1_color", True, (10, 40))):
+        files = {kind: (MODELS / f"{kind}.pt").read_bytes()}
+        networks = {p: load_networks(files, p, device)[kind] for p in precisions}
+        sums = {(p, q): 0.0 for p in precisions for q in qualities}
+        images = sorted((BUNDLED / folder).glob("*.png"))
+        for path in images:
+            original = prepare_pixels(decode_image(path.read_bytes()).pixels, color)
+            for quality in qualities:
+                data = jpeg.compress(original, quality)
+                degraded = prepare_pixels(decode_image(data).pixels, color)
+                with torch.inference_mode():
+                    for precision, network in networks.items():
+                        restored = restore_pixels(network, degraded, tile, device, quality=jpeg_quality(data))
+                        sums[precision, quality] += metrics.psnr(original, restored)
+        print(f"LIVE1 {kind} ({len(images)} images), mean PSNR (dB) at q{'/'.join(map(str, qualities))}, and minus fp32:")
+        for precision in precisions:
+            means = [sums[precision, q] / len(images) for q in qualities]
+            deltas = [m - sums["fp32", q] / len(images) for m, q in zip(means, qualities)] if "fp32" in precisions else []
+            print(f"{precision:>9}  " + " / ".join(f"{m:.3f}" for m in means)
+                  + ("   (" + " / ".join(f"{d:+.3f}" for d in deltas) + ")" if deltas else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(MODELS / "gray.pt"))
@@ -106,6 +146,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case")
+    parser.add_argument("--psnr", action="store_true", help="also each precision's PSNR on the bundled LIVE1 images, against fp32's")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's peak, when it is not in the table")
     args = parser.parse_args()
 
@@ -128,7 +169,9 @@ def main() -> None:
             peak = peak_tflops(device, precision, args.peak_tflops)
             share = f"{100 * rate * 1e6 * flops_per_pixel / (peak * 1e12):9.1f}%" if peak else f"{'n/a':>10}"
             actor = measure_actor_path(model, device, precision, batch, args.tile, margin, args.seconds)
-            print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share} {actor:16.2f}")
+            print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share} {actor:16.2f}", flush=True)
+    if args.psnr:
+        psnr_by_precision(device, precisions, args.tile)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ class RestoreOptions:
         "fp32",
         help="Arithmetic of the network: fp32; int8 on CPUs (ONNX Runtime, calibrated on JPEG tiles: about 2x "
         "faster, a few hundredths of a dB lower, see the README; needs carray[int8]); fp16 or bf16 on GPUs "
-        "(autocast); auto = the fastest measured within 0.05 dB of fp32 on the device (int8 on CPUs, fp32 on GPUs).",
+        "(autocast); auto = the fastest measured within 0.05 dB of fp32 on the device (int8 on CPUs, fp16 on GPUs).",
         choices=("auto", "fp32", "fp16", "bf16", "int8"),
     )
     gpu: Optional[bool] = option(None, help=_GPU_HELP, action=argparse.BooleanOptionalAction)
@@ -272,7 +272,11 @@ class InferConfig(RestoreOptions, ClusterOptions):
         False, help="Also restore files in hidden folders or with hidden names (starting with '.'); by default they are counted as skipped."
     )
     max_attempts: int = option(3, help="An image whose restoring actor dies this many times (out of memory?) becomes a failure line; the job goes on.")
-    actors: int = option(0, help="Restoring actors (one model each); 0 = one per GPU, or one per CPU.")
+    actors: int = option(0, help="Restoring actors (one model each); 0 = --actors-per-gpu per GPU, or one per CPU.")
+    actors_per_gpu: int = option(
+        1, help="Restoring actors sharing each GPU (each asks for 1/N of it): they overlap their own CPU work "
+        "(unpacking, colour conversion, stitching) with the GPU's.",
+    )
     split_above: float = option(
         16.0,
         help="Images above this many megapixels are cut into --tile tiles that every actor restores (and "

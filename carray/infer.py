@@ -825,6 +825,8 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
         raise OptionError(f"--tile-batch must be 0 (auto) or a number of windows per forward pass, got {cfg.tile_batch}")
     if cfg.split_above < 0:
         raise OptionError(f"--split-above must be 0 (never cut) or a number of megapixels, got {cfg.split_above}")
+    if cfg.actors_per_gpu < 1:
+        raise OptionError(f"--actors-per-gpu must be at least 1, got {cfg.actors_per_gpu}")
     files = model_files(cfg.model, cfg.s3())
     storage.make_output_root(dst_fs, dst_root, cfg.output, cfg.create_bucket)
     storage.remove_stale_temporaries(dst_fs, dst_root)  # left by a run that was killed mid-write
@@ -872,7 +874,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
 
     # Named (carray-tracker-…, namespace carray), so an operator finds the job's tracker in the dashboard.
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
-    pool = plan_pool(cfg.actors, cfg.gpu)
+    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
     precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision}")
     int8 = int8_files(files) if precision == "int8" else None

@@ -245,19 +245,23 @@ def gpu_actor_cpus(offer: Offer) -> float:
     return float(min(4.0, max(0.5, offer.gpu_node_cpus / 2)))
 
 
-def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer] = None) -> Pool:
+def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer] = None, per_gpu: int = 1) -> Pool:
     """The restoring actor pool of infer and evaluate.
 
     CPU actors ask for half a CPU each, so on a small node they never take every CPU from the
     read, decode and write tasks (a pool of whole-CPU actors on 2 CPUs starves them and hangs).
-    GPU actors: one GPU each; from one actor up to one per GPU the autoscaler can offer.
+    GPU actors: `per_gpu` share each GPU (1/per_gpu of a GPU and of the CPUs a GPU actor reserves
+    each), from one GPU's worth up to `per_gpu` per GPU the autoscaler can offer. Sharing is for
+    the actor's own CPU work (unpacking, colour conversion, stitching) that one Python thread does
+    while the GPU waits.
     """
     offer = offer or cluster_offer()
     use_gpu, why = choose_gpu(gpu, offer)
     if use_gpu:
-        most = actors or max(1, int(offer.gpus_possible))
-        least = actors or max(1, int(offer.gpus))
-        return Pool(most, min(least, most), gpu_actor_cpus(offer), 1.0, 1, why)
+        per_gpu = max(1, per_gpu)
+        most = actors or per_gpu * max(1, int(offer.gpus_possible))
+        least = actors or per_gpu * max(1, int(offer.gpus))
+        return Pool(most, min(least, most), round(gpu_actor_cpus(offer) / per_gpu, 3), 1.0 / per_gpu, 1, why)
     count = actors or max(1, int(offer.cpus))
     return Pool(count, count, 0.5, 0.0, max(1, int(offer.cpus // count)), why)
 

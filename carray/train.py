@@ -128,6 +128,17 @@ def _report_with_checkpoint(row: dict, state: dict) -> None:
         ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
 
 
+def optimizer_on_device(model: torch.nn.Module, lr: float, saved: Optional[dict] = None) -> torch.optim.Optimizer:
+    """Adam over `model`'s parameters, with a checkpoint's optimizer state if there is one. Call it
+    once the model is on its device: loading casts the saved state (Adam's moments) to the device
+    its parameters are on at that moment, so an optimizer loaded before the move kept its moments on
+    the CPU and a resumed GPU run failed at its first step (found on an H100)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if saved is not None:
+        optimizer.load_state_dict(saved)
+    return optimizer
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train worker: one DDP replica. `config` = {"cfg": TrainConfig fields, "channels": c,
     "threads": n, "arch": name, "model_args": {...}, "init": model file bytes or None}.
@@ -156,12 +167,11 @@ def train_loop_per_worker(config: dict) -> dict:
         fresh = init_from(model, load_model_bytes(config["init"], cfg.init_from)[0])
         if rank == 0:
             print(f"carray: weights from {cfg.init_from}" + (f"; new (not in the file): {', '.join(fresh)}" if fresh else ""))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state = None
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
         if rank == 0:
             print(f"carray: resuming from the checkpoint at step {step}")
@@ -170,6 +180,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
     plain = model.module if hasattr(model, "module") else model
+    optimizer = optimizer_on_device(plain, cfg.lr, state["optimizer"] if state else None)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_batches = _val_batches(cfg, cfg.val_patches, 256) if rank == 0 and cfg.val_patches > 0 else []

@@ -266,3 +266,17 @@ def test_gpu_jobs_scale_gpu_nodes_from_zero_on_the_fake_autoscaler(tmp_path, ima
         assert actor["required"].get("GPU") == 1 and actor["node_gpus"] >= 1, result["actors"]
     assert result["train_rc"] == 0, result["train_log"][-3000:]
     assert result["model"] and "1 GPU training worker" in result["train_log"], result["train_log"][-3000:]
+
+
+def test_gpu_actors_share_each_gpu_when_asked():
+    from carray.runtime import Offer, plan_pool
+
+    offer = Offer(cpus=16, gpus=2, gpu_node_cpus=8)
+    alone = plan_pool(offer=offer)
+    assert (alone.actors, alone.min_actors, alone.gpus, alone.cpus) == (2, 2, 1.0, 4.0)
+    shared = plan_pool(offer=offer, per_gpu=4)  # what one GPU actor reserved, split four ways
+    assert (shared.actors, shared.min_actors, shared.gpus, shared.cpus) == (8, 8, 0.25, 1.0)
+    scaling = plan_pool(offer=Offer(cpus=4, gpus=0, max_gpus=3, gpu_node_cpus=8), per_gpu=2)
+    assert (scaling.actors, scaling.min_actors, scaling.gpus) == (6, 2, 0.5)
+    cpus = plan_pool(gpu=False, offer=Offer(cpus=2, gpus=0), per_gpu=4)
+    assert (cpus.actors, cpus.gpus) == (2, 0.0)

@@ -13,8 +13,8 @@ from carray.restore import restore_image
 from support.images import DATA
 
 
-def test_auto_is_int8_on_cpus_fp32_on_gpus_and_impossible_choices_are_refused():
-    assert resolve_precision("auto", cuda=False) == "int8" and resolve_precision("auto", cuda=True) == "fp32"
+def test_auto_is_int8_on_cpus_fp16_on_gpus_and_impossible_choices_are_refused():
+    assert resolve_precision("auto", cuda=False) == "int8" and resolve_precision("auto", cuda=True) == "fp16"
     assert resolve_precision("fp16", cuda=True) == "fp16" and resolve_precision("fp32", cuda=False) == "fp32"
     for precision, cuda in (("fp16", False), ("bf16", False), ("int8", True), ("fp8", False)):
         with pytest.raises(PrecisionError):

@@ -167,3 +167,24 @@ def test_unregistered_checkpoint_folders_are_removed_from_a_bucket(s3_server, bu
     assert remove_unregistered_checkpoints(fs, run, result) == [folders[2]]
     left = {info.path.rsplit("/", 1)[1] for info in fs.get_file_info(pafs.FileSelector(run))}
     assert left == {folders[0], folders[1], "checkpoint_manager_snapshot.json"}
+
+
+def test_a_resumed_optimizer_keeps_its_state_on_the_models_device():
+    # A GPU run resumed with Adam's moments on the CPU and failed at its first step ("found at least
+    # two devices"). No GPU here: the "meta" device stands in for it (any device but the CPU would).
+    import torch
+
+    from carray.model import build_model
+    from carray.train import optimizer_on_device
+
+    model = build_model("arcnn")
+    first = optimizer_on_device(model, 1e-3)
+    model(torch.rand(2, 1, 16, 16)).mean().backward()
+    first.step()
+    saved = first.state_dict()
+
+    moved = build_model("arcnn").to("meta")
+    resumed = optimizer_on_device(moved, 1e-3, saved)
+    moments = [value for state in resumed.state.values() for key, value in state.items() if key != "step"]
+    assert moments and all(m.device.type == "meta" for m in moments)
+    assert resumed.param_groups[0]["lr"] == 1e-3
