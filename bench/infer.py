@@ -11,6 +11,9 @@ Cases:
   small       images/s on 3000 JPEGs of 128x128 against the same loop on them: --repeat jobs, loop
               runs before, between and after them; mean job rate over mean loop rate; the driver's peak RSS.
               --split: also 6000, giving the job's rate per extra image and its fixed cost per job.
+              The job runs the network as users get it (--job-runtime auto: ONNX Runtime fp32 on CPUs),
+              the loop with PyTorch (--loop-runtime); both on ONNX Runtime (or both on PyTorch) compare
+              the pipelines alone.
   large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
   precision   the large image through the job at --precision fp32 and int8: MP/s and their ratio.
@@ -42,6 +45,8 @@ from carray.images import decode_image, encode_image
 from carray.infer import run_infer
 from carray.modelfiles import load_model, shipped_path
 from carray.quality import jpeg_quality
+from carray.onnxnet import OnnxNetwork
+from carray.quantize import onnx_files
 from carray.restore import prepare_model, restore_image
 from carray.runtime import SYSTEM_CONFIG
 
@@ -85,10 +90,17 @@ def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
     path.write_bytes(jpeg.compress(canvas, quality))
 
 
+LOOP_RUNTIME = "torch"  # --loop-runtime
+
+
 def plain_loop(folder: Path, model_path: str, threads: int) -> tuple[float, float]:
-    """(MP/s, images/s) of decode -> model -> PNG encode, one image after the other, no Ray."""
+    """(MP/s, images/s) of decode -> model -> PNG encode, one image after the other, no Ray; the
+    network run by PyTorch (a bare loop's natural choice), or by ONNX Runtime with --loop-runtime."""
     torch.set_num_threads(threads)
     model = prepare_model(load_model(model_path)[0], torch.device("cpu"))
+    if LOOP_RUNTIME == "onnxruntime":
+        files = {"gray": Path(model_path).read_bytes()}
+        model = OnnxNetwork(onnx_files(files, "fp32")["gray"], threads)
     paths = sorted(folder.glob("*.jpg"))
     started, pixels = time.perf_counter(), 0
     for path in paths:
@@ -151,11 +163,14 @@ def job(src: Path, dst: Path, model_path: str, **options) -> dict:
     return run_infer(InferConfig(input=str(src), output=str(dst), model=model_path, **options), say=lambda line: None)
 
 
+JOB_RUNTIME = "auto"  # --job-runtime
+
+
 def job_in_subprocess(src: Path, dst: Path, model_path: str, address: str) -> dict:
     """The job as users run it (its own driver process), on this bench's Ray; its summary."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "carray", "infer", "--input", str(src), "--output", str(dst), "--model", model_path,
-                    "--address", address], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    "--address", address, "--runtime", JOB_RUNTIME], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((dst / "_summary.json").read_text())
 
 
@@ -164,8 +179,8 @@ def case_collection(tmp: Path, model_path: str, cpus: int, copies: int) -> dict:
     loop_mp, _ = plain_loop(tmp / "live1", model_path, cpus)
     summary = job(tmp / "live1", tmp / "live1-out", model_path)
     ratio = summary["megapixels_per_second"] / loop_mp
-    print(f"collection: {summary['seen']} LIVE1 JPEGs ({summary['megapixels']:.1f} MP): job {summary['megapixels_per_second']:.3f} MP/s, "
-          f"loop {loop_mp:.3f} MP/s, ratio {ratio:.2f}")
+    print(f"collection: {summary['seen']} LIVE1 JPEGs ({summary['megapixels']:.1f} MP): job ({summary['runtime']}) {summary['megapixels_per_second']:.3f} MP/s, "
+          f"loop ({LOOP_RUNTIME}) {loop_mp:.3f} MP/s, ratio {ratio:.2f}")
     return {"loop_mp_per_s": loop_mp, "job_mp_per_s": summary["megapixels_per_second"], "ratio": ratio}
 
 
@@ -185,7 +200,7 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
     ratio = job_images / loop_images
     beside = [rate / ((loops[i] + loops[i + 1]) / 2) for i, rate in enumerate(job_rates)]
     rss = max(s["driver_peak_rss_mb"] for s in jobs)
-    print(f"small: {count} JPEGs of 128x128, {repeat} jobs between {repeat + 1} loop runs: job {job_images:.1f} images/s, "
+    print(f"small: {count} JPEGs of 128x128, {repeat} jobs ({jobs[0]['runtime']}) between {repeat + 1} loop runs ({LOOP_RUNTIME}): job {job_images:.1f} images/s, "
           f"loop {loop_images:.1f} images/s, ratio {ratio:.3f}; each job against the loop runs beside it: "
           f"{', '.join(f'{r:.3f}' for r in beside)} (jobs {', '.join(f'{r:.1f}' for r in job_rates)}; "
           f"loops {', '.join(f'{r:.1f}' for r in loops)}); driver peak RSS {rss:.0f} MB")
@@ -271,8 +286,14 @@ def main() -> None:
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
     parser.add_argument("--tile", type=int, default=512, help="--tile of the job in the large case (its tiles' core side)")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--job-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="small case: the job's --runtime (auto: ONNX Runtime for fp32 on CPUs, as users get it)")
+    parser.add_argument("--loop-runtime", default="torch", choices=["torch", "onnxruntime"],
+                        help="the bare loop's runtime (torch: what a bare loop runs; onnxruntime: the same runtime as the job's default)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    global JOB_RUNTIME, LOOP_RUNTIME
+    JOB_RUNTIME, LOOP_RUNTIME = args.job_runtime, args.loop_runtime
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     model_path = args.model or str(shipped_path("gray"))

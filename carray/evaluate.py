@@ -71,10 +71,10 @@ class Evaluator:
     its PNG bytes (so nothing is restored twice)."""
 
     def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False,
-                 precision: str = "fp32", int8: Optional[dict] = None):
+                 precision: str = "fp32", onnx: Optional[dict] = None):
         from .quantize import setup_restoring_process
 
-        self.device, networks = setup_restoring_process({"model": model_file}, precision, threads, int8)
+        self.device, networks = setup_restoring_process({"model": model_file}, precision, threads, onnx)
         self.model = networks["model"]
         self.fs, self.root, self.color, self.tile, self.policy, self.max_pixels, self.tta = fs, root, color, tile, policy, max_pixels, tta
 
@@ -163,7 +163,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from ray.data import ActorPoolStrategy
 
     from .modelfiles import single_model_file
-    from .quantize import int8_files, resolve_precision
+    from .quantize import plan_networks
     from .runtime import connect, plan_pool
 
     started = time.time()
@@ -180,8 +180,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     connect(cfg.address)
     pool = plan_pool(actors=0, gpu=cfg.gpu)
-    precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
-    int8 = int8_files({"model": model_file}) if precision == "int8" else None
+    precision, runtime, onnx = plan_networks({"model": model_file}, cfg.precision, cfg.runtime, cuda=bool(pool.gpus))
     figure_setting = settings[0]
     items = [
         {"image": image, "quality": q, "first_quality": first, "figure": (q, first) == figure_setting and image in images[: cfg.figures]}
@@ -192,7 +191,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         Evaluator,
         fn_constructor_kwargs=dict(
             model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=pool.threads, policy=policy, max_pixels=cfg.max_pixels, tta=cfg.tta,
-            precision=precision, int8=int8,
+            precision=precision, onnx=onnx,
         ),
         compute=ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
         batch_size=1,
@@ -218,7 +217,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), png)
     failures = [{"image": r["image"], "setting": r["setting"], "reason": r["error"]} for r in rows if r["error"]]
     summary = {
-        "images": len(images), "precision": precision, "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,
+        "images": len(images), "precision": precision, "runtime": runtime, "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,
         "seconds": round(time.time() - started, 1), "config": asdict(cfg),
     }
     storage.write_json(out_fs, storage.join(out_root, "summary.json"), summary)

@@ -481,10 +481,10 @@ class Restorer:
     pack are restored."""
 
     def __init__(self, model_files: dict[str, bytes], tile: int, threads: int, tracker, max_attempts: int, tta: bool = False,
-                 precision: str = "fp32", int8: Optional[dict] = None, tile_batch: int = 1):
+                 precision: str = "fp32", onnx: Optional[dict] = None, tile_batch: int = 1):
         from .quantize import setup_restoring_process
 
-        self.device, self.models = setup_restoring_process(model_files, precision, threads, int8)
+        self.device, self.models = setup_restoring_process(model_files, precision, threads, onnx)
         self.tile, self.tracker, self.max_attempts, self.tta, self.tile_batch = tile, tracker, max_attempts, tta, tile_batch
         self.node = ray.get_runtime_context().get_node_id()  # the summary reports which nodes restored
 
@@ -849,7 +849,7 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
 def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str, dst_fs, dst_root: str, started: float, say) -> dict:
     from ray.data import ActorPoolStrategy
 
-    from .quantize import int8_files, resolve_precision
+    from .quantize import RUNTIME_NAMES, plan_networks
     from .runtime import plan_pool
 
     listed_skips: dict[str, int] = {}
@@ -875,9 +875,8 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
     # Named (carray-tracker-…, namespace carray), so an operator finds the job's tracker in the dashboard.
     tracker = JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
     pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
-    precision = resolve_precision(cfg.precision, cuda=bool(pool.gpus))
-    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision}")
-    int8 = int8_files(files) if precision == "int8" else None
+    precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
+    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
     tile_batch = cfg.tile_batch or (GPU_TILE_BATCH if pool.gpus else 1)
     ds = keys_ds.map_batches(
         plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
@@ -892,7 +891,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         Restorer,
         fn_constructor_kwargs={
             "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker,
-            "max_attempts": cfg.max_attempts, "tta": cfg.tta, "precision": precision, "int8": int8, "tile_batch": tile_batch,
+            "max_attempts": cfg.max_attempts, "tta": cfg.tta, "precision": precision, "onnx": onnx, "tile_batch": tile_batch,
         },
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
         batch_size=1, batch_format="pyarrow",  # one pack per call
@@ -926,7 +925,7 @@ def _run(cfg: "InferConfig", policy: Policy, files: dict, src_fs, src_root: str,
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
         "megapixels": round(totals["megapixels"], 3), "seconds": round(seconds, 2),
         "megapixels_per_second": round(totals["megapixels"] / seconds, 3), "images_per_second": round(totals["restored"] / seconds, 2),
-        "nodes": len(totals["nodes"]), "precision": precision, "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
+        "nodes": len(totals["nodes"]), "precision": precision, "runtime": runtime, "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),
     }
     storage.write_json(dst_fs, storage.join(dst_root, SUMMARY_FILE), summary)

@@ -318,3 +318,17 @@ def save_model(model: nn.Module, location: str, training: Optional[dict] = None,
 
     fs, path = storage.resolve(location, s3)
     storage.write_bytes_atomic(fs, path, model_bytes(model, training))
+
+
+class Autocast(nn.Module):
+    """A network run under CUDA autocast (fp16 or bf16 convolutions), same interface: what
+    --precision fp16/bf16 restores with on GPUs."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+        self.args, self.receptive_radius, self.takes_quality = model.args, model.receptive_radius, model.takes_quality
+
+    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.model(x, quality).float()

@@ -1,5 +1,6 @@
-"""int8 inference on CPUs: the network exported to ONNX and quantized statically by ONNX Runtime,
-calibrated on real JPEG tiles. No Ray here.
+"""Precisions and runtimes of the restoring network: fp16/bf16 autocast on GPUs, and on CPUs the
+network exported to ONNX and run by ONNX Runtime, as it is (fp32, the default where ONNX Runtime is
+installed) or quantized statically (int8), calibrated on real JPEG tiles. No Ray here.
 
 Static QDQ quantization (weights int8 per output channel, activations uint8 per tensor, ranges from
 the 99.999th percentile) calibrated on 16 natural 128x128 crops (from CBSD68, shipped in
@@ -8,7 +9,7 @@ on the inputs the network is for. The output layer (the last convolution and wha
 fp32: its rounding goes straight into the restored pixels (measured on LIVE1 q40: -0.076 dB with it
 quantized and MinMax ranges, -0.036 dB without it and percentile ranges).
 Measured on this project's 2-core CPU (README): about 2x the MP/s of ONNX Runtime fp32 and a small
-cost in dB on LIVE1 (held out from the calibration). :class:`OnnxNetwork` wraps the session so that
+cost in dB on LIVE1 (held out from the calibration). :class:`carray.onnxnet.OnnxNetwork` runs the file so that
 :mod:`carray.restore` runs it like the PyTorch network (same tiles, same margins, same stitching).
 """
 from __future__ import annotations
@@ -17,15 +18,19 @@ import io
 import os
 import tempfile
 from importlib import resources
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import JobError
 
+if TYPE_CHECKING:  # restoring processes that run ONNX networks never import torch (carray.onnxnet)
+    import torch
+    from torch import nn
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 CALIBRATION_QUALITIES = (10, 20, 30, 40, 60)
 
 
@@ -58,6 +63,28 @@ def resolve_precision(precision: str, cuda: bool) -> str:
     if precision == "int8" and cuda:
         raise PrecisionError("--precision int8 runs on CPUs (ONNX Runtime); on GPUs use fp16, bf16 or fp32")
     return precision
+
+
+def resolve_runtime(runtime: str, precision: str, cuda: bool) -> str:
+    """Which library runs the network: 'onnxruntime' or 'torch'. int8 is ONNX Runtime's, fp16/bf16
+    and GPUs PyTorch's; fp32 on CPUs is ONNX Runtime's when it is installed ('auto'): the same
+    network and weights, 7-11 % faster with one thread per actor on this project's CPU (README),
+    within one grey level of PyTorch's output (float rounding)."""
+    if runtime not in RUNTIMES:
+        raise PrecisionError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if precision == "int8":
+        if runtime == "torch":
+            raise PrecisionError("--precision int8 runs on ONNX Runtime; --runtime torch runs fp32, fp16 or bf16")
+        return "onnxruntime"
+    if cuda or precision != "fp32":
+        if runtime == "onnxruntime":
+            raise PrecisionError(f"--runtime onnxruntime runs fp32 and int8 on CPUs (here: {precision} on {'a GPU' if cuda else 'CPUs'}); use --runtime torch or auto")
+        return "torch"
+    if runtime == "onnxruntime" and not onnxruntime_installed():
+        raise PrecisionError("--runtime onnxruntime needs ONNX Runtime: pip install 'carray[int8]'")
+    if runtime == "auto":
+        return "onnxruntime" if onnxruntime_installed() else "torch"
+    return runtime
 
 
 def calibration_feeds(channels: int, takes_quality: bool) -> list[dict]:
@@ -124,44 +151,9 @@ def output_layer(path: str) -> list[str]:
     return [node.name for node in nodes[last_conv:]]
 
 
-class OnnxNetwork(nn.Module):
-    """An ONNX Runtime session that :mod:`carray.restore` can run like the PyTorch network: the
-    same `args`, receptive radius and `forward(x, quality)` (NCHW float32 in and out, on the CPU)."""
-
-    def __init__(self, onnx_bytes: bytes, like: nn.Module, threads: int = 1):
-        super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        self.args, self.receptive_radius, self.takes_quality = like.args, like.receptive_radius, like.takes_quality
-        self._device = nn.Parameter(torch.zeros(0), requires_grad=False)  # restore.py asks the parameters for the device
-
-    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
-        feeds = {"image": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        if self.takes_quality:
-            q = quality if quality is not None else torch.full((x.shape[0],), 50.0)
-            feeds["quality"] = q.detach().cpu().numpy().astype(np.float32)
-        return torch.from_numpy(self.session.run(None, feeds)[0])
-
-
-class Autocast(nn.Module):
-    """The PyTorch network run under CUDA autocast (fp16 or bf16 convolutions), same interface."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-        self.args, self.receptive_radius, self.takes_quality = model.args, model.receptive_radius, model.takes_quality
-
-    def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.dtype):
-            return self.model(x, quality).float()
-
-
-# Bump when int8_network changes: cached files of an older recipe are then not reused.
+# Bump a recipe when int8_network or fp32_network changes: cached files of an older one are then not reused.
 INT8_RECIPE = "ort-qdq-percentile99.999-fp32-output-v1"
+ONNX_RECIPES = {"int8": INT8_RECIPE, "fp32": "ort-fp32-clamped-v1"}
 
 
 def cache_folder() -> str:
@@ -169,26 +161,37 @@ def cache_folder() -> str:
     return os.environ.get("CARRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "carray")
 
 
-def int8_key(model_file: bytes) -> str:
-    """The name of a model's int8 network: its file's sha256 with the recipe's."""
+def onnx_key(model_file: bytes, precision: str = "int8") -> str:
+    """The name of a model's ONNX network at `precision` (int8 or fp32): its file's sha256 with the recipe's."""
     import hashlib
 
-    return hashlib.sha256(model_file + INT8_RECIPE.encode()).hexdigest()
+    return hashlib.sha256(model_file + ONNX_RECIPES[precision].encode()).hexdigest()
 
 
-def int8_files(files: dict[str, bytes]) -> dict[str, bytes]:
-    """{kind: model file} -> {kind: int8 ONNX}: made once (on the driver), sent to every actor.
-    Quantizing (export + calibration) takes seconds per model, so the result is kept under
-    :func:`int8_key`: in the package for the shipped models (``models/int8/``), else in a cache on
-    this machine (a cache that cannot be written is skipped)."""
+def fp32_network(model: nn.Module, training: dict) -> bytes:
+    """The model exported to ONNX as it is (fp32), for ONNX Runtime on CPUs."""
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="carray-fp32-") as folder:
+        path = os.path.join(folder, "fp32.onnx")
+        export_onnx(model, training, path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def onnx_files(files: dict[str, bytes], precision: str = "int8") -> dict[str, bytes]:
+    """{kind: model file} -> {kind: ONNX network at `precision`, int8 or fp32}: made once (on the
+    driver), sent to every actor. Exporting (and quantizing) takes seconds per model, so the result
+    is kept under :func:`onnx_key`: in the package for the shipped models (``models/int8/``,
+    ``models/fp32/``), else in a cache on this machine (a cache that cannot be written is skipped)."""
     from .model import load_model_bytes
 
     networks = {}
     for kind, data in files.items():
-        key = int8_key(data)
-        path = os.path.join(cache_folder(), "int8", f"{key}.onnx")
-        shipped = resources.files("carray").joinpath(f"models/int8/{key}.onnx")
-        if shipped.is_file():  # the shipped models come with their int8 networks
+        key = onnx_key(data, precision)
+        path = os.path.join(cache_folder(), precision, f"{key}.onnx")
+        shipped = resources.files("carray").joinpath(f"models/{precision}/{key}.onnx")
+        if shipped.is_file():  # the shipped models come with their ONNX networks
             networks[kind] = shipped.read_bytes()
             continue
         try:
@@ -197,7 +200,7 @@ def int8_files(files: dict[str, bytes]) -> dict[str, bytes]:
             continue
         except OSError:
             pass
-        networks[kind] = int8_network(*load_model_bytes(data, kind))
+        networks[kind] = (int8_network if precision == "int8" else fp32_network)(*load_model_bytes(data, kind))
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -209,31 +212,58 @@ def int8_files(files: dict[str, bytes]) -> dict[str, bytes]:
     return networks
 
 
-def load_networks(files: dict[str, bytes], precision: str, device: torch.device, threads: int = 1,
-                  int8: Optional[dict[str, bytes]] = None) -> dict[str, nn.Module]:
-    """The networks an actor restores with, at a resolved precision (see :func:`resolve_precision`)."""
-    from .model import load_model_bytes
+def load_networks(files: dict[str, bytes], precision: str, device: Optional["torch.device"], threads: int = 1,
+                  onnx: Optional[dict[str, bytes]] = None) -> dict:
+    """The networks an actor restores with, at a resolved precision (see :func:`resolve_precision`):
+    PyTorch modules on `device`, or with `onnx` (int8 or fp32 files from :func:`onnx_files`)
+    ONNX Runtime sessions, for which neither the model files nor torch are loaded."""
+    if onnx is not None:
+        from .onnxnet import OnnxNetwork
+
+        return {kind: OnnxNetwork(onnx[kind], threads) for kind in files}
+    import torch
+
+    from .model import Autocast, load_model_bytes
     from .restore import prepare_model
 
     networks = {}
     for kind, data in files.items():
-        model = load_model_bytes(data, kind)[0]
-        if precision == "int8":
-            networks[kind] = OnnxNetwork(int8[kind], model, threads)
-        elif precision in ("fp16", "bf16"):
-            networks[kind] = Autocast(prepare_model(model, device), torch.float16 if precision == "fp16" else torch.bfloat16)
-        else:
-            networks[kind] = prepare_model(model, device)
+        model = prepare_model(load_model_bytes(data, kind)[0], device)
+        if precision in ("fp16", "bf16"):
+            model = Autocast(model, torch.float16 if precision == "fp16" else torch.bfloat16)
+        networks[kind] = model
     return networks
 
 
+def plan_networks(files: dict[str, bytes], precision: str, runtime: str, cuda: bool, say=print) -> tuple[str, str, Optional[dict[str, bytes]]]:
+    """On the driver: (resolved precision, runtime, the ONNX networks the actors run, if any). With
+    --runtime auto, a model that cannot be exported to ONNX here (ONNX's exporter not installed, an
+    operator it lacks) runs on PyTorch, and the log says why."""
+    precision = resolve_precision(precision, cuda)
+    chosen = resolve_runtime(runtime, precision, cuda)
+    if chosen != "onnxruntime":
+        return precision, chosen, None
+    try:
+        return precision, chosen, onnx_files(files, precision)
+    except Exception as exc:  # noqa: BLE001 - auto falls back to PyTorch; asked for, it is an error
+        if runtime != "auto" or precision != "fp32":
+            raise
+        say(f"carray: the model could not be exported to ONNX ({type(exc).__name__}: {exc}); running it on PyTorch")
+        return precision, "torch", None
+
+
 def setup_restoring_process(files: dict[str, bytes], precision: str, threads: int,
-                            int8: Optional[dict[str, bytes]] = None) -> tuple[torch.device, dict[str, nn.Module]]:
+                            onnx: Optional[dict[str, bytes]] = None) -> tuple[Optional["torch.device"], dict]:
     """What a restoring actor (infer's Restorer, evaluate's Evaluator) sets up once: its device
-    (CUDA when present), torch's CPU threads, and its networks at `precision`."""
+    (CUDA when present; None for ONNX Runtime, which runs on the CPU without torch), torch's CPU
+    threads, and its networks at `precision`."""
+    if onnx is not None:
+        return None, load_networks(files, precision, None, threads, onnx)
+    import torch
+
     from .restore import pick_device
 
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    return device, load_networks(files, precision, device, threads, int8)
+    return device, load_networks(files, precision, device, threads)

@@ -6,20 +6,24 @@ the network's activations stay bounded by one tile whatever the image size (the 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from .images import DecodedImage, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
 from .patches import apply_tiled
 
+if TYPE_CHECKING:  # torch is imported where a PyTorch network runs: ONNX networks (carray.onnxnet) need none
+    import torch
+    from torch import nn
+
 DEFAULT_TILE = 512
 
 
-def pick_device() -> torch.device:
+def pick_device() -> "torch.device":
     """Each process picks its device once: CUDA when present, else CPU."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -34,29 +38,43 @@ def run_model(model: nn.Module, planes: np.ndarray, device: torch.device, qualit
     return run_batch(model, [planes], device, [quality])[0]
 
 
-@torch.inference_mode()
-def run_batch(model: nn.Module, windows: list[np.ndarray], device: torch.device, qualities: list[Optional[float]]) -> list[np.ndarray]:
+def run_batch(model: nn.Module, windows: list[np.ndarray], device: Optional[torch.device], qualities: list[Optional[float]]) -> list[np.ndarray]:
     """Windows of one shape, float32 (h, w, c) on [0, 1], through the network in one forward pass.
 
-    On CUDA the batch goes through pinned host memory with non-blocking copies both ways, so the
-    copy of one batch can overlap the kernels queued before it; one synchronize at the end."""
+    An ONNX network (:class:`carray.onnxnet.OnnxNetwork`) runs on numpy arrays, without torch. On
+    CUDA the batch goes through pinned host memory with non-blocking copies both ways, so the copy
+    of one batch can overlap the kernels queued before it; one synchronize at the end."""
+    x = np.stack([w.transpose(2, 0, 1) for w in windows])
+    if hasattr(model, "run_numpy"):
+        q = None if qualities[0] is None else np.array(qualities, np.float32)
+        return list(model.run_numpy(x, q).transpose(0, 2, 3, 1))
+    import torch
+
     cuda = device.type == "cuda"
-    x = torch.from_numpy(np.stack([w.transpose(2, 0, 1) for w in windows]))
-    if cuda:
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-    q = None if qualities[0] is None else torch.tensor([float(v) for v in qualities]).to(device, non_blocking=cuda)
-    y = model(x, q).float()
-    out = torch.empty(y.shape, dtype=torch.float32, pin_memory=cuda)
-    out.copy_(y, non_blocking=cuda)
-    if cuda:
-        torch.cuda.current_stream(device).synchronize()
-    return list(out.permute(0, 2, 3, 1).numpy())
+    with torch.inference_mode():
+        x = torch.from_numpy(x)
+        if cuda:
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+        q = None if qualities[0] is None else torch.tensor([float(v) for v in qualities]).to(device, non_blocking=cuda)
+        y = model(x, q).float()
+        out = torch.empty(y.shape, dtype=torch.float32, pin_memory=cuda)
+        out.copy_(y, non_blocking=cuda)
+        if cuda:
+            torch.cuda.current_stream(device).synchronize()
+        return list(out.permute(0, 2, 3, 1).numpy())
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move a loaded model to its device for inference, in the memory layout convolutions like."""
+    import torch
+
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def network_device(model) -> Optional["torch.device"]:
+    """Where a PyTorch network's weights are; None for an ONNX network (numpy on the CPU)."""
+    return None if hasattr(model, "run_numpy") else next(model.parameters()).device
 
 
 def restore_planes(
@@ -65,7 +83,7 @@ def restore_planes(
 ) -> np.ndarray:
     """float32 (h, w, c) on [0, 1] -> restored float32 (h, w, c), tiled with enough margin.
     `tta`: the x8 self-ensemble (see :func:`self_ensemble`), 8 times the work."""
-    device = device or next(model.parameters()).device
+    device = device or network_device(model)
 
     def once(x: np.ndarray) -> np.ndarray:
         return apply_tiled(x, lambda window: run_model(model, window, device, quality), tile, tile_margin(model), align=8)

@@ -8,7 +8,7 @@ from carray import jpeg
 from carray.images import decode_image
 from carray.metrics import psnr
 from carray.modelfiles import load_model, shipped_path
-from carray.quantize import PrecisionError, calibration_feeds, int8_network, load_networks, resolve_precision
+from carray.quantize import PrecisionError, calibration_feeds, int8_network, load_networks, resolve_precision, resolve_runtime
 from carray.restore import restore_image
 from support.images import DATA
 
@@ -60,28 +60,114 @@ def test_int8_shipped_gray_model_is_quantized_and_within_a_tenth_of_a_db_of_fp32
 
 def test_int8_networks_are_cached_by_model_and_recipe(tmp_path, monkeypatch):
     from carray.model import build_model, save_model
-    from carray.quantize import int8_files
+    from carray.quantize import onnx_files
 
     monkeypatch.setenv("CARRAY_CACHE", str(tmp_path / "cache"))
     save_model(build_model("fast-arcnn"), str(tmp_path / "m.pt"))
     files = {"gray": (tmp_path / "m.pt").read_bytes()}
-    first = int8_files(files)
+    first = onnx_files(files)
     cached = list((tmp_path / "cache" / "int8").glob("*.onnx"))
     assert len(cached) == 1 and cached[0].read_bytes() == first["gray"]
     cached[0].write_bytes(b"marker")  # proves the second call reads the cache instead of quantizing
-    assert int8_files(files) == {"gray": b"marker"}
+    assert onnx_files(files) == {"gray": b"marker"}
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
 @pytest.mark.parametrize("kind", ["gray", "color"])
-def test_shipped_models_come_with_their_int8_networks(kind):
-    """A first `--precision int8` run with the shipped models quantizes nothing. When a shipped model
-    or INT8_RECIPE changes, regenerate them (docs/models.md)."""
+def test_shipped_models_come_with_their_onnx_networks(kind, precision):
+    """A first int8 run, or fp32 on ONNX Runtime, with the shipped models exports and quantizes
+    nothing. When a shipped model or a recipe changes, regenerate them (docs/models.md)."""
     import onnx
 
-    from carray.quantize import int8_files, int8_key
+    from carray.quantize import onnx_files, onnx_key
 
     data = shipped_path(kind).read_bytes()
-    packaged = shipped_path(kind).parent / "int8" / f"{int8_key(data)}.onnx"
-    assert packaged.is_file(), f"models/int8/ lacks the int8 network of models/{kind}.pt"
-    assert any(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(packaged.read_bytes()).graph.node)
-    assert int8_files({kind: data}) == {kind: packaged.read_bytes()}
+    packaged = shipped_path(kind).parent / precision / f"{onnx_key(data, precision)}.onnx"
+    assert packaged.is_file(), f"models/{precision}/ lacks the {precision} network of models/{kind}.pt"
+    quantized = any(node.op_type == "QuantizeLinear" for node in onnx.load_from_string(packaged.read_bytes()).graph.node)
+    assert quantized == (precision == "int8")
+    assert onnx_files({kind: data}, precision) == {kind: packaged.read_bytes()}
+
+
+def test_fp32_on_cpus_runs_on_onnx_runtime_when_installed_and_where_it_can():
+    assert resolve_runtime("auto", "fp32", cuda=False) == "onnxruntime"
+    assert resolve_runtime("torch", "fp32", cuda=False) == "torch"
+    assert resolve_runtime("auto", "fp32", cuda=True) == "torch" and resolve_runtime("auto", "fp16", cuda=True) == "torch"
+    assert resolve_runtime("auto", "int8", cuda=False) == "onnxruntime"
+    for runtime, precision, cuda in (("torch", "int8", False), ("onnxruntime", "fp16", True), ("onnxruntime", "fp32", True), ("tensorrt", "fp32", False)):
+        with pytest.raises(PrecisionError):
+            resolve_runtime(runtime, precision, cuda)
+
+
+def test_without_onnxruntime_fp32_runs_on_pytorch_unless_onnxruntime_is_asked_for(monkeypatch):
+    import carray.quantize as quantize
+
+    monkeypatch.setattr(quantize, "onnxruntime_installed", lambda: False)
+    assert resolve_runtime("auto", "fp32", cuda=False) == "torch"
+    with pytest.raises(PrecisionError, match=r"pip install 'carray\[int8\]'"):
+        resolve_runtime("onnxruntime", "fp32", cuda=False)
+
+
+def test_fp32_on_onnx_runtime_restores_within_one_grey_level_of_pytorch():
+    from carray.quantize import onnx_files
+
+    files = {"gray": shipped_path("gray").read_bytes()}
+    cpu = torch.device("cpu")
+    torch_net = load_networks(files, "fp32", cpu)["gray"]
+    ort_net = load_networks(files, "fp32", cpu, 1, onnx_files(files, "fp32"))["gray"]
+    image = decode_image(jpeg.compress(np.asarray(Image.open(DATA / "Classic5" / "barbara.bmp").convert("L"))[:200, :260].copy(), 10))
+    with torch.inference_mode():
+        a = restore_image({"gray": torch_net}, image, quality=10).pixels.astype(int)
+        b = restore_image({"gray": ort_net}, image, quality=10).pixels.astype(int)
+    assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99
+    assert not np.array_equal(b, image.pixels)  # it restored
+
+
+def test_a_model_onnx_cannot_take_runs_on_pytorch_with_auto_and_fails_when_asked(monkeypatch):
+    import carray.quantize as quantize
+
+    def no_exporter(*_):
+        raise ImportError("No module named 'onnxscript'")
+
+    from carray.model import build_model, model_bytes
+
+    monkeypatch.setattr(quantize, "fp32_network", no_exporter)
+    monkeypatch.setenv("CARRAY_CACHE", "/nonexistent-cache")
+    files = {"gray": model_bytes(build_model("fast-arcnn"), {})}  # not shipped: it would be exported
+    said = []
+    assert quantize.plan_networks(files, "fp32", "auto", cuda=False, say=said.append)[1:] == ("torch", None)
+    assert "onnxscript" in said[0]
+    with pytest.raises(ImportError):
+        quantize.plan_networks(files, "fp32", "onnxruntime", cuda=False, say=said.append)
+
+
+def test_a_process_restoring_with_onnx_networks_never_imports_torch():
+    """What a CPU actor does with the default runtime: set up its networks from the ONNX files and
+    restore a pack, batched and tile by tile; torch (about 1 CPU-s and 220 MB per process) stays out."""
+    import subprocess
+    import sys
+
+    from carray.quantize import onnx_files
+
+    files = {kind: shipped_path(kind).read_bytes() for kind in ("gray", "color")}
+    onnx = onnx_files(files, "fp32")
+    script = """
+import pickle, sys
+import numpy as np
+from carray import jpeg
+from carray.images import decode_image
+from carray.quantize import setup_restoring_process
+from carray.restore import restore_image, restore_in_batches
+files, onnx = pickle.loads(sys.stdin.buffer.read())
+device, networks = setup_restoring_process(files, "fp32", 1, onnx)
+gray = decode_image(jpeg.compress(np.arange(96 * 80, dtype=np.uint8).reshape(96, 80), 20))
+colour = decode_image(jpeg.compress(np.arange(64 * 72 * 3, dtype=np.uint8).reshape(64, 72, 3), 20))
+whole = restore_image(networks, gray, tile=32, quality=20)
+batched = restore_in_batches([(networks["gray"], gray.pixels, 20), (networks["color"], colour.pixels, 20)], device, 2)
+assert whole.pixels.shape == (96, 80) and batched[1].shape == (64, 72, 3)
+print("torch" in sys.modules)
+"""
+    import pickle
+
+    done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((files, onnx)), capture_output=True, check=True)
+    assert done.stdout.decode().strip() == "False", done.stderr.decode()[-2000:]
