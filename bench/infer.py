@@ -16,7 +16,8 @@ Cases:
               the pipelines alone.
   large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
-  precision   the large image through the job at --precision fp32 and int8: MP/s and their ratio.
+  precision   the large image through the job at --precision int8 and fp32 (ONNX Runtime, the default on
+              CPUs), and fp32 on PyTorch (--runtime torch): MP/s and their ratios.
   driver      the driver's peak RSS for 10 k and 100 k inputs (all but 64 already done, so the run
               measures what the driver holds per input, not restoration).
 The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
@@ -241,13 +242,15 @@ def case_precision(tmp: Path, model_path: str, megapixels: float) -> dict:
         make_large_jpeg(image, megapixels)
     rates = {}
     os.environ["CARRAY_CACHE"] = str(tmp / "cache")  # a model of your own: the first int8 run quantizes, the next reads the cache
-    for precision, label in (("int8", "int8-first"), ("fp32", "fp32"), ("int8", "int8")):
-        summary = job(image.parent, tmp / f"precision-{label}", model_path, precision=precision)
+    runs = (("int8", "int8-first", "auto"), ("fp32", "fp32", "auto"), ("int8", "int8", "auto"), ("fp32", "fp32-torch", "torch"))
+    for precision, label, runtime in runs:
+        summary = job(image.parent, tmp / f"precision-{label}", model_path, precision=precision, runtime=runtime)
         rates[label] = summary["megapixels_per_second"]
-        print(f"precision: {summary['megapixels']:.1f} MP gray JPEG at {label}: {rates[label]:.3f} MP/s in {summary['seconds']:.0f} s")
+        print(f"precision: {summary['megapixels']:.1f} MP gray JPEG at {label} ({summary['runtime']}): {rates[label]:.3f} MP/s in {summary['seconds']:.0f} s")
     print(f"precision: int8 / fp32 MP/s: {rates['int8'] / rates['fp32']:.2f} (first int8 run: {rates['int8-first'] / rates['fp32']:.2f}; "
-          "the shipped models' int8 networks come in the package, a model of your own is quantized then)")
-    return {"mp_per_s": rates, "ratio": rates["int8"] / rates["fp32"]}
+          "the shipped models' int8 networks come in the package, a model of your own is quantized then); "
+          f"fp32 on ONNX Runtime / on PyTorch: {rates['fp32'] / rates['fp32-torch']:.2f}")
+    return {"mp_per_s": rates, "ratio": rates["int8"] / rates["fp32"], "fp32_runtime_ratio": rates["fp32"] / rates["fp32-torch"]}
 
 
 def case_driver(tmp: Path, model_path: str, address: str) -> dict:
