@@ -42,7 +42,7 @@ def test_aws_launcher_config():
     # The autoscaler sees the GPU type's CPUs too (the jobs size GPU actors from them).
     assert worker["resources"]["CPU"] >= 1
     setup = " ".join(cfg["setup_commands"] + cfg["worker_setup_commands"])
-    assert "ray[train,data,default]==2.60.0" in setup and "pip install -q -e /home/ubuntu/carray" in setup
+    assert "ray[train,data,default]==2.60.0" in setup and "pip install -q -e \"/home/ubuntu/carray[int8]\"" in setup
     assert "download.pytorch.org/whl/cu" in " ".join(cfg["worker_setup_commands"]), "a CUDA torch on GPU nodes"
     assert {"**/.venv", "**/runs"} <= set(cfg["rsync_exclude"])
     head_start = " ".join(cfg["head_start_ray_commands"])
@@ -57,6 +57,7 @@ def test_docker_build_pins_ray_and_a_cuda_torch_and_leaves_the_venv_out():
     assert "ARG RAY_VERSION=2.60.0" in dockerfile and "rayproject/ray:${RAY_VERSION}-py311-gpu" in dockerfile
     assert "download.pytorch.org/whl/cu" in dockerfile
     assert '"ray[train,data,default]==${RAY_VERSION}"' in dockerfile
+    assert '-e "/home/ray/carray[int8]"' in dockerfile, "ONNX Runtime for CPU actors (--runtime auto)"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv/" in ignored and "runs/" in ignored
 
