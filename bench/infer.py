@@ -91,15 +91,12 @@ def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
     path.write_bytes(jpeg.compress(canvas, quality))
 
 
-LOOP_RUNTIME = "torch"  # --loop-runtime
-
-
-def plain_loop(folder: Path, model_path: str, threads: int) -> tuple[float, float]:
+def plain_loop(folder: Path, model_path: str, threads: int, runtime: str = "torch") -> tuple[float, float]:
     """(MP/s, images/s) of decode -> model -> PNG encode, one image after the other, no Ray; the
     network run by PyTorch (a bare loop's natural choice), or by ONNX Runtime with --loop-runtime."""
     torch.set_num_threads(threads)
     model = prepare_model(load_model(model_path)[0], torch.device("cpu"))
-    if LOOP_RUNTIME == "onnxruntime":
+    if runtime == "onnxruntime":
         files = {"gray": Path(model_path).read_bytes()}
         model = OnnxNetwork(onnx_files(files, "fp32")["gray"], threads)
     paths = sorted(folder.glob("*.jpg"))
@@ -164,44 +161,42 @@ def job(src: Path, dst: Path, model_path: str, **options) -> dict:
     return run_infer(InferConfig(input=str(src), output=str(dst), model=model_path, **options), say=lambda line: None)
 
 
-JOB_RUNTIME = "auto"  # --job-runtime
-
-
-def job_in_subprocess(src: Path, dst: Path, model_path: str, address: str) -> dict:
+def job_in_subprocess(src: Path, dst: Path, model_path: str, address: str, runtime: str = "auto") -> dict:
     """The job as users run it (its own driver process), on this bench's Ray; its summary."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "carray", "infer", "--input", str(src), "--output", str(dst), "--model", model_path,
-                    "--address", address, "--runtime", JOB_RUNTIME], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    "--address", address, "--runtime", runtime], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads((dst / "_summary.json").read_text())
 
 
-def case_collection(tmp: Path, model_path: str, cpus: int, copies: int) -> dict:
+def case_collection(tmp: Path, model_path: str, cpus: int, copies: int, loop_runtime: str) -> dict:
     make_jpegs(tmp / "live1", count=29 * copies)
-    loop_mp, _ = plain_loop(tmp / "live1", model_path, cpus)
+    loop_mp, _ = plain_loop(tmp / "live1", model_path, cpus, loop_runtime)
     summary = job(tmp / "live1", tmp / "live1-out", model_path)
     ratio = summary["megapixels_per_second"] / loop_mp
     print(f"collection: {summary['seen']} LIVE1 JPEGs ({summary['megapixels']:.1f} MP): job ({summary['runtime']}) {summary['megapixels_per_second']:.3f} MP/s, "
-          f"loop ({LOOP_RUNTIME}) {loop_mp:.3f} MP/s, ratio {ratio:.2f}")
+          f"loop ({loop_runtime}) {loop_mp:.3f} MP/s, ratio {ratio:.2f}")
     return {"loop_mp_per_s": loop_mp, "job_mp_per_s": summary["megapixels_per_second"], "ratio": ratio}
 
 
-def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, split: bool, repeat: int) -> dict:
+def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, split: bool, repeat: int,
+               job_runtime: str, loop_runtime: str) -> dict:
     make_jpegs(tmp / "small", count=count, crop=128)
     # Loop and job alternate, loop first and last (loop, job, loop, ..., job, loop); the figure is the
     # mean job rate over the mean loop rate, and each job is also shown against the two loop runs
     # beside it. On this kind of VM one run alone swings by 10 % or more (loop: 83-115 images/s;
     # its two torch threads share every image, so a busy neighbour slows both), more than the
     # difference being measured.
-    loops, jobs = [plain_loop(tmp / "small", model_path, cpus)[1]], []
+    loops, jobs = [plain_loop(tmp / "small", model_path, cpus, loop_runtime)[1]], []
     for i in range(repeat):
-        jobs.append(job_in_subprocess(tmp / "small", tmp / f"small-out-{i}", model_path, address))
-        loops.append(plain_loop(tmp / "small", model_path, cpus)[1])
+        jobs.append(job_in_subprocess(tmp / "small", tmp / f"small-out-{i}", model_path, address, job_runtime))
+        loops.append(plain_loop(tmp / "small", model_path, cpus, loop_runtime)[1])
     job_rates = [s["images_per_second"] for s in jobs]
     job_images, loop_images = float(np.mean(job_rates)), float(np.mean(loops))
     ratio = job_images / loop_images
     beside = [rate / ((loops[i] + loops[i + 1]) / 2) for i, rate in enumerate(job_rates)]
     rss = max(s["driver_peak_rss_mb"] for s in jobs)
-    print(f"small: {count} JPEGs of 128x128, {repeat} jobs ({jobs[0]['runtime']}) between {repeat + 1} loop runs ({LOOP_RUNTIME}): job {job_images:.1f} images/s, "
+    print(f"small: {count} JPEGs of 128x128, {repeat} jobs ({jobs[0]['runtime']}) between {repeat + 1} loop runs ({loop_runtime}): job {job_images:.1f} images/s, "
           f"loop {loop_images:.1f} images/s, ratio {ratio:.3f}; each job against the loop runs beside it: "
           f"{', '.join(f'{r:.3f}' for r in beside)} (jobs {', '.join(f'{r:.1f}' for r in job_rates)}; "
           f"loops {', '.join(f'{r:.1f}' for r in loops)}); driver peak RSS {rss:.0f} MB")
@@ -209,7 +204,7 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
               "ratio": ratio, "ratios_beside": beside, "driver_peak_rss_mb": rss}
     if split:  # a job on twice the files: what each image costs, and what a job costs once
         make_jpegs(tmp / "small-twice", count=2 * count, crop=128)
-        twice = job_in_subprocess(tmp / "small-twice", tmp / "small-twice-out", model_path, address)
+        twice = job_in_subprocess(tmp / "small-twice", tmp / "small-twice-out", model_path, address, job_runtime)
         once = float(np.mean([s["seconds"] for s in jobs]))
         marginal = count / (twice["seconds"] - once)
         fixed = once - count / marginal
@@ -295,8 +290,6 @@ def main() -> None:
                         help="the bare loop's runtime (torch: what a bare loop runs; onnxruntime: the same runtime as the job's default)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    global JOB_RUNTIME, LOOP_RUNTIME
-    JOB_RUNTIME, LOOP_RUNTIME = args.job_runtime, args.loop_runtime
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     model_path = args.model or str(shipped_path("gray"))
@@ -311,9 +304,9 @@ def main() -> None:
         make_jpegs(tmp / "warm", count=4, crop=128)
         job(tmp / "warm", tmp / "warm-out", model_path)  # workers started, kernels built
         if "collection" in args.cases:
-            results["collection"] = case_collection(tmp, model_path, args.cpus, args.copies)
+            results["collection"] = case_collection(tmp, model_path, args.cpus, args.copies, args.loop_runtime)
         if "small" in args.cases:
-            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address, args.split, args.repeat)
+            results["small"] = case_small(tmp, model_path, args.cpus, args.small, address, args.split, args.repeat, args.job_runtime, args.loop_runtime)
         if "large" in args.cases:
             loop_mp = results.get("collection", {}).get("loop_mp_per_s")
             results["large"] = case_large(tmp, model_path, args.large_mp, loop_mp, args.tile)

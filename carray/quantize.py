@@ -152,16 +152,15 @@ def output_layer(path: str) -> list[str]:
 
 
 # Bump a recipe when int8_network or fp32_network changes: cached files of an older one are then not reused.
-INT8_RECIPE = "ort-qdq-percentile99.999-fp32-output-v1"
-ONNX_RECIPES = {"int8": INT8_RECIPE, "fp32": "ort-fp32-clamped-v1"}
+ONNX_RECIPES = {"int8": "ort-qdq-percentile99.999-fp32-output-v1", "fp32": "ort-fp32-clamped-v1"}
 
 
 def cache_folder() -> str:
-    """Where quantized networks are kept between runs ($CARRAY_CACHE, else ~/.cache/carray)."""
+    """Where exported and quantized networks are kept between runs ($CARRAY_CACHE, else ~/.cache/carray)."""
     return os.environ.get("CARRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "carray")
 
 
-def onnx_key(model_file: bytes, precision: str = "int8") -> str:
+def onnx_key(model_file: bytes, precision: str) -> str:
     """The name of a model's ONNX network at `precision` (int8 or fp32): its file's sha256 with the recipe's."""
     import hashlib
 
@@ -179,7 +178,7 @@ def fp32_network(model: nn.Module, training: dict) -> bytes:
             return f.read()
 
 
-def onnx_files(files: dict[str, bytes], precision: str = "int8") -> dict[str, bytes]:
+def onnx_files(files: dict[str, bytes], precision: str) -> dict[str, bytes]:
     """{kind: model file} -> {kind: ONNX network at `precision`, int8 or fp32}: made once (on the
     driver), sent to every actor. Exporting (and quantizing) takes seconds per model, so the result
     is kept under :func:`onnx_key`: in the package for the shipped models (``models/int8/``,

@@ -65,11 +65,11 @@ def test_int8_networks_are_cached_by_model_and_recipe(tmp_path, monkeypatch):
     monkeypatch.setenv("CARRAY_CACHE", str(tmp_path / "cache"))
     save_model(build_model("fast-arcnn"), str(tmp_path / "m.pt"))
     files = {"gray": (tmp_path / "m.pt").read_bytes()}
-    first = onnx_files(files)
+    first = onnx_files(files, "int8")
     cached = list((tmp_path / "cache" / "int8").glob("*.onnx"))
     assert len(cached) == 1 and cached[0].read_bytes() == first["gray"]
     cached[0].write_bytes(b"marker")  # proves the second call reads the cache instead of quantizing
-    assert onnx_files(files) == {"gray": b"marker"}
+    assert onnx_files(files, "int8") == {"gray": b"marker"}
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
