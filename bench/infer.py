@@ -20,6 +20,11 @@ Cases:
               CPUs), and fp32 on PyTorch (--runtime torch): MP/s and their ratios.
   driver      the driver's peak RSS for 10 k and 100 k inputs (all but 64 already done, so the run
               measures what the driver holds per input, not restoration).
+  ceiling     --photos colour JPEGs of 9.4 MP (mosaics of ../shared/data/Urban100, q50) through the job with
+              a network that costs nothing (bench/identity.py): MP/s per CPU core of everything else,
+              per output --formats; what a GPU node's CPUs can feed its GPU.
+  passthrough --passthrough JPEGs at q97 (passed through as their own bytes, decided from the header)
+              against copying the folder, and 100 q20 ones restored: images/s of each.
 The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
 start-up and the tail included).
 """
@@ -51,7 +56,8 @@ from carray.quantize import onnx_files
 from carray.restore import prepare_model, restore_image
 from carray.runtime import SYSTEM_CONFIG
 
-from common import LIVE1_GRAY as BUNDLED  # noqa: E402  (bench/ is on sys.path when a script runs)
+from common import BUNDLED as BUNDLED_ROOT  # noqa: E402  (bench/ is on sys.path when a script runs)
+from common import LIVE1_GRAY as BUNDLED  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,10 +277,78 @@ def case_driver(tmp: Path, model_path: str, address: str) -> dict:
     return {"driver_peak_rss_mb": peaks, "ratio": ratio}
 
 
+SHARED = REPO.parent / "shared" / "data"
+
+
+def make_photos(folder: Path, count: int, quality: int = 50, sources: Path = SHARED / "Urban100") -> float:
+    """`count` colour JPEGs of about 9.4 MP (4096x2304, a phone photo's size): mosaics of real
+    photographs (Urban100 by default; the bundled LIVE1 colour pair without ../shared), each
+    mosaic a different arrangement. Returns the megapixels written."""
+    paths = sorted(sources.glob("*.png")) if sources.is_dir() else sorted((BUNDLED_ROOT / "LIVE1_color").glob("*.png"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    folder.mkdir(parents=True)
+    height, width = 2304, 4096
+    for n in range(count):
+        canvas = np.zeros((height, width, 3), np.uint8)
+        y = 0
+        i = n * 7
+        while y < height:
+            x, row = 0, 0
+            while x < width:
+                img = images[i % len(images)]
+                i += 1
+                h, w = min(img.shape[0], height - y), min(img.shape[1], width - x)
+                canvas[y : y + h, x : x + w] = img[:h, :w]
+                x, row = x + w, max(row, h)
+            y += row
+        (folder / f"photo{n:03d}.jpg").write_bytes(jpeg.compress(canvas, quality))
+    return count * height * width / 1e6
+
+
+def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str]) -> dict:
+    """The job with a network that costs nothing (bench/identity.py), on real-size colour photos:
+    MP/s per CPU core of everything else (listing, reading, decoding, the actors' own work, encoding,
+    writing) — the rate at which a node's CPUs could feed its GPU."""
+    from identity import save_identity_model
+
+    megapixels = make_photos(tmp / "photos", count)
+    model = save_identity_model(str(tmp / "identity.pt"))
+    rates = {}
+    for fmt in formats:
+        summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt)
+        assert summary["restored"] == count, summary
+        rates[fmt] = summary["megapixels_per_second"]
+        print(f"ceiling: {count} colour JPEGs of 9.4 MP (q50, {megapixels:.0f} MP), identity network, --format {fmt}: "
+              f"{rates[fmt]:.2f} MP/s in {summary['seconds']:.0f} s = {rates[fmt] / cpus:.2f} MP/s per CPU core ({cpus} CPUs)")
+    return {"mp_per_s": rates, "mp_per_s_per_core": {k: v / cpus for k, v in rates.items()}, "photos": count}
+
+
+def case_passthrough(tmp: Path, model_path: str, count: int, restored: int) -> dict:
+    """`count` JPEGs whose tables say q97 (passed through: their own bytes, decided from the header)
+    against copying the same folder (shutil.copytree, one thread), and `restored` q20 JPEGs of the
+    same images restored; every rate from one command."""
+    import shutil
+
+    make_jpegs(tmp / "q97", count=count, quality=97)
+    make_jpegs(tmp / "q20", count=restored, quality=20)
+    started = time.perf_counter()
+    shutil.copytree(tmp / "q97", tmp / "q97-copy")
+    copy_seconds = time.perf_counter() - started
+    passed = job(tmp / "q97", tmp / "q97-out", model_path)
+    assert passed["passed_through"] == count, passed
+    restoring = job(tmp / "q20", tmp / "q20-out", model_path)
+    megabytes = sum(p.stat().st_size for p in (tmp / "q97").glob("*.jpg")) / 1e6
+    rates = {"passed": count / passed["seconds"], "restored": restoring["images_per_second"], "copy": count / copy_seconds}
+    print(f"passthrough: {count} q97 JPEGs ({megabytes:.0f} MB) passed through in {passed['seconds']:.1f} s ({rates['passed']:.0f} images/s, "
+          f"the job's start-up included); copying them: {copy_seconds:.2f} s ({rates['copy']:.0f} images/s); {restored} q20 JPEGs of the "
+          f"same images restored at {rates['restored']:.2f} images/s: pass-through {rates['passed'] / rates['restored']:.0f}x restoring")
+    return {"images_per_s": rates, "passed_seconds": passed["seconds"], "copy_seconds": copy_seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver"],
-                        choices=["collection", "small", "large", "precision", "driver"])
+    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling"],
+                        choices=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling"])
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
@@ -283,6 +357,9 @@ def main() -> None:
                         help="small case: also run the job on twice the files, to split its time into a cost per image and a cost per job")
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
     parser.add_argument("--tile", type=int, default=512, help="--tile of the job in the large case (its tiles' core side)")
+    parser.add_argument("--passthrough", type=int, default=1000, help="q97 JPEGs in the passthrough case")
+    parser.add_argument("--photos", type=int, default=16, help="9.4 MP colour JPEGs in the ceiling case")
+    parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--job-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="small case: the job's --runtime (auto: ONNX Runtime for fp32 on CPUs, as users get it)")
@@ -298,7 +375,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         tmp = Path(tmp)
         # As the job's own private Ray and cluster/local.sh start it (carray.runtime.SYSTEM_CONFIG).
-        context = ray.init(num_cpus=args.cpus, logging_level="ERROR", include_dashboard=False, _system_config=SYSTEM_CONFIG)
+        # Every worker knows the bench-only identity network (the ceiling case's model file).
+        hook = {"worker_process_setup_hook": "identity.install", "env_vars": {"PYTHONPATH": str(REPO / "bench")}}
+        context = ray.init(num_cpus=args.cpus, logging_level="ERROR", include_dashboard=False, _system_config=SYSTEM_CONFIG, runtime_env=hook)
         ray.data.DataContext.get_current().enable_progress_bars = False
         address = context.address_info["gcs_address"]
         make_jpegs(tmp / "warm", count=4, crop=128)
@@ -314,6 +393,10 @@ def main() -> None:
             results["precision"] = case_precision(tmp, model_path, args.large_mp)
         if "driver" in args.cases:
             results["driver"] = case_driver(tmp, model_path, address)
+        if "ceiling" in args.cases:
+            results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats)
+        if "passthrough" in args.cases:
+            results["passthrough"] = case_passthrough(tmp, model_path, args.passthrough, 100)
         ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

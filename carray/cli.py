@@ -56,8 +56,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _run_stage(cls, description: str, argv, prog, run: Callable, report: Callable) -> int:
     """Parse, run, report: `report(summary, cfg)` prints the summary and returns the exit code."""
-    cfg = config.parse(cls, argv, description, prog)
     try:
+        cfg = config.parse(cls, argv, description, prog)
         summary = run(cfg)
     except JobError as exc:  # what the user can fix: one line, no traceback (real bugs keep theirs)
         return _fail(f"{type(exc).__name__}: {exc}" if type(exc).__name__ not in _PLAIN_ERRORS else str(exc))
@@ -130,11 +130,6 @@ STAGES = {
     "evaluate": (config.EvaluateConfig, EVALUATE_DESCRIPTION, _lazy("evaluate", "run_evaluate"), _report_evaluate),
     "export": (config.ExportConfig, EXPORT_DESCRIPTION, _lazy("export", "run_export"), _report_export),
 }
-
-
-def build_parser(stage: str, prog=None):
-    cls, description, _, _ = STAGES[stage]
-    return config.build_parser(cls, description, prog)
 
 
 def stage_main(stage: str, argv=None, prog=None) -> int:

@@ -13,7 +13,7 @@ from typing import Optional
 
 from .errors import OptionError
 from .images import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from .model import ARCHITECTURES
+from .architectures import ARCH_OPTIONS
 from .quality import PASS_THROUGH_FROM
 from .storage import S3Options
 
@@ -153,11 +153,29 @@ def parse_qualities(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int
             if not part:
                 continue
             lo, sep, hi = part.partition("-")
-            bounds = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+            try:
+                bounds = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+            except ValueError:
+                raise OptionError(f"JPEG quality {part!r} is not a number 1..100 or a range A-B") from None
             if not (1 <= bounds[0] <= bounds[1] <= 100):
                 raise OptionError(f"JPEG quality {part!r} is not within 1..100 (or A-B with A <= B)")
             (ranges.append(bounds) if sep else fixed.append(bounds[0]))
     return tuple(fixed), tuple(ranges)
+
+
+def parse_double(values) -> list[tuple[int, int]]:
+    """['30,10', '50,20'] -> [(30, 10), (50, 20)]: (first quality, second quality)."""
+    pairs = []
+    for value in values:
+        first, sep, second = str(value).partition(",")
+        try:
+            pair = (int(first), int(second))
+        except ValueError:
+            raise OptionError(f"--double wants Q1,Q2 pairs such as 30,10; got {value!r}") from None
+        if not sep or not all(1 <= q <= 100 for q in pair):
+            raise OptionError(f"--double wants Q1,Q2 pairs of qualities within 1..100; got {value!r}")
+        pairs.append(pair)
+    return pairs
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -192,6 +210,12 @@ class PrepConfig(ClusterOptions):
         help="Inputs are pairs: name.bmp|png|tif beside name.jpg; the JPEGs are used as they are.",
     )
     color: bool = option(False, help="Keep RGB patches (3 channels); default is the gray Y channel (MATLAB BT.601).")
+    downscale: float = option(
+        1.0,
+        help="Shrink each clean image by this factor (Lanczos) before compressing it. For photographs that "
+        "were JPEGs before they became PNGs (CBSD68, CBSD432, Urban100): 2 hides their 8x8 grid, so the "
+        "targets are clean at high qualities too. 1 = as they are. Not used with --pairs.",
+    )
     patch_size: int = option(32, help="Patch side in pixels (32 = an 8x8 JPEG block with its neighbours).")
     stride: int = option(16, help="Step between patches in pixels.")
     split: str = option("70/20/10", help="Train/val/test shares by image, decided by a hash of each image's relative path.")
@@ -208,7 +232,7 @@ class TrainConfig(ClusterOptions):
         "arcnn",
         help="Network: 'arcnn' (106 k multiply-adds/pixel), 'fast-arcnn' (16 k, faster, a little worse) or "
         "'unshuffled-cnn' (3x3 residual blocks on the 2x2-folded image: 93 k at the default size, deeper, needs --lr 3e-4).",
-        choices=tuple(ARCHITECTURES),
+        choices=tuple(ARCH_OPTIONS),
     )
     quality_input: bool = option(
         False,
@@ -219,11 +243,16 @@ class TrainConfig(ClusterOptions):
         None,
         help="Start from this model file's weights (local or s3://) instead of random ones: fine-tune "
         "a shipped model on your images, or continue a long training. The network's architecture and "
-        "size are the file's (--arch/--blocks/--width are ignored); --quality-input adds the quality "
-        "conditioning, starting from the identity, if the file has none. A checkpoint of the same "
+        "size are the file's (--arch/--width are ignored); --quality-input adds the quality "
+        "conditioning, starting from the identity, if the file has none; --blocks larger than the file's grows an "
+        "unshuffled-cnn to that many residual blocks, the new ones starting as the identity. A checkpoint of the same "
         "--output/--name still takes precedence (resume).",
     )
-    blocks: int = option(5, help="unshuffled-cnn only: residual blocks (two 3x3 convolutions each).")
+    blocks: Optional[int] = option(
+        None,
+        help="unshuffled-cnn only: residual blocks (two 3x3 convolutions each); default 5, or with --init-from "
+        "the file's. More than the file's grows its network (the new blocks start as the identity).",
+    )
     width: int = option(64, help="unshuffled-cnn only: channels per layer.")
     residual: bool = option(True, help="Predict the artifact and add it to the input (the original predicted the image).")
     padding_mode: str = option("replicate", help="Border padding of the convolutions; 'zeros' as the original (darkens borders).", choices=("replicate", "reflect", "zeros"))
@@ -247,15 +276,16 @@ class TrainConfig(ClusterOptions):
     def model_args(self, channels: int) -> dict:
         """The constructor arguments of --arch, from the options its class lists; an option set
         away from its default that the class does not take is an error, not silently ignored."""
-        cls = ARCHITECTURES[self.arch]
+        options = ARCH_OPTIONS[self.arch]
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in _ARCH_OPTIONS - set(cls.options):
+        for name in _ARCH_OPTIONS - set(options):
             if getattr(self, name) != defaults[name]:
-                raise OptionError(f"--{name.replace('_', '-')} has no effect on --arch {self.arch} (it takes: {', '.join(cls.options)})")
-        return dict(channels=channels, **{name: getattr(self, name) for name in cls.options})
+                raise OptionError(f"--{name.replace('_', '-')} has no effect on --arch {self.arch} (it takes: {', '.join(options)})")
+        # Unset (None) options take the network's own default.
+        return dict(channels=channels, **{name: getattr(self, name) for name in options if getattr(self, name) is not None})
 
 
-_ARCH_OPTIONS = {name for cls in ARCHITECTURES.values() for name in cls.options}
+_ARCH_OPTIONS = {name for options in ARCH_OPTIONS.values() for name in options}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,6 +326,19 @@ class InferConfig(RestoreOptions, ClusterOptions):
         "network, in pinned memory with non-blocking copies on a GPU; packs grow to hold a batch. "
         "0 = auto: 8 on GPUs, 1 on CPUs (where one forward at a time measured faster).",
     )
+
+    def check(self) -> "InferConfig":
+        """Raises OptionError for a value the job cannot use, before any work starts."""
+        self.policy()
+        if self.max_attempts < 1:
+            raise OptionError(f"--max-attempts must be at least 1, got {self.max_attempts}")
+        if self.tile_batch < 0:
+            raise OptionError(f"--tile-batch must be 0 (auto) or a number of windows per forward pass, got {self.tile_batch}")
+        if self.split_above < 0:
+            raise OptionError(f"--split-above must be 0 (never cut) or a number of megapixels, got {self.split_above}")
+        if self.actors_per_gpu < 1:
+            raise OptionError(f"--actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import jpeg, metrics, storage
-from .config import EvaluateConfig, parse_qualities
+from .config import EvaluateConfig, parse_double, parse_qualities
 from .images import IMAGE_EXTENSIONS, ImageError, decode_image
 from .pairs import prepare_pixels
 from .quality import Policy, jpeg_quality
@@ -143,21 +143,6 @@ def comparison_figure(original: np.ndarray, degraded: np.ndarray, restored: np.n
     return buf.getvalue()
 
 
-def parse_double(values) -> list[tuple[int, int]]:
-    """['30,10', '50,20'] -> [(30, 10), (50, 20)]: (first quality, second quality)."""
-    pairs = []
-    for value in values:
-        first, sep, second = str(value).partition(",")
-        try:
-            pair = (int(first), int(second))
-        except ValueError:
-            raise ValueError(f"--double wants Q1,Q2 pairs such as 30,10; got {value!r}") from None
-        if not sep or not all(1 <= q <= 100 for q in pair):
-            raise ValueError(f"--double wants Q1,Q2 pairs of qualities within 1..100; got {value!r}")
-        pairs.append(pair)
-    return pairs
-
-
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
@@ -199,9 +184,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         num_gpus=pool.gpus,
     )
     rows = sorted(ds.take_all(), key=lambda r: (r["image"], r["first_quality"], r["quality"]))
-    figures = {r["image"]: r.pop("figure") for r in rows}
+    # Only the rows of the first setting carry a figure: take it from whichever row has one.
+    figures = {}
     for r in rows:
-        r.pop("figure", None)
+        png = r.pop("figure", None)
+        if png:
+            figures[r["image"]] = png
     table = summarize(rows)
 
     buf = io.StringIO()
@@ -212,9 +200,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     mode = "colour (RGB)" if cfg.color else "gray (Y)"
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "results.md"), markdown(table, f"{cfg.images}, {mode}").encode())
     for image, png in figures.items():
-        if png:
-            name = image.replace("/", "_").rsplit(".", 1)[0] + f"_{setting_name(figure_setting[0], figure_setting[1]).replace('>', '-')}.png"
-            storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), png)
+        name = image.replace("/", "_").rsplit(".", 1)[0] + f"_{setting_name(figure_setting[0], figure_setting[1]).replace('>', '-')}.png"
+        storage.write_bytes_atomic(out_fs, storage.join(out_root, "figures", name), png)
     failures = [{"image": r["image"], "setting": r["setting"], "reason": r["error"]} for r in rows if r["error"]]
     summary = {
         "images": len(images), "precision": precision, "runtime": runtime, "settings": [setting_name(q, f) for q, f in settings], "table": table, "failures": failures,

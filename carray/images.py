@@ -113,30 +113,90 @@ def _exif_without_orientation(img: Image.Image) -> Optional[bytes]:
     return exif.tobytes()
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding its pixels.
+
+    format: Pillow's format name ('JPEG', 'PNG', ...); width, height: as stored (before any EXIF
+    rotation); quality: the IJG quality of a JPEG's luminance table (carray/quality.py), None without
+    tables; subsampling: a JPEG's chroma subsampling ('4:2:0', '4:2:2', '4:4:4', 'gray'), else None;
+    chroma_quality: the IJG quality of its chrominance table (None for gray JPEGs).
+    """
+
+    format: str
+    width: int
+    height: int
+    quality: Optional[int] = None
+    subsampling: Optional[str] = None
+    chroma_quality: Optional[int] = None
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+_SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def _open(data: bytes) -> Image.Image:
+    """Image.open with our errors (the caller holds _pixel_limit)."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # broken headers raise SyntaxError, OSError, struct.error...
+        raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def _check_size(width: int, height: int, max_pixels: Optional[int]) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+            "(raise --max-pixels to allow it)"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"invalid size {width}x{height}")
+
+
+def read_header(data: bytes, max_pixels: Optional[int] = None) -> ImageHeader:
+    """Format, size, JPEG quality and chroma subsampling from the header alone (no pixel decoding:
+    thousands of files per second). Raises ImageError as :func:`decode_image` does for input that
+    is empty, not an image, or larger than `max_pixels` (None: no limit)."""
+    from .quality import quality_from_tables
+
+    with _pixel_limit(max_pixels):
+        img = _open(data)
+        with img:
+            _check_size(*img.size, max_pixels)
+            quality = subsampling = chroma = None
+            if img.format == "JPEG":
+                tables = getattr(img, "quantization", None) or {}
+                quality, chroma = quality_from_tables(tables), quality_from_tables(tables, "chroma")
+                subsampling = "gray" if img.mode == "L" else _jpeg_subsampling(img)
+            return ImageHeader(img.format or "?", img.size[0], img.size[1], quality, subsampling, chroma)
+
+
+def _jpeg_subsampling(img: Image.Image) -> Optional[str]:
+    from PIL import JpegImagePlugin
+
+    try:
+        return _SUBSAMPLING.get(JpegImagePlugin.get_sampling(img))
+    except Exception:  # an unusual layout (CMYK, odd factors): not one of the three
+        return None
+
+
 def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode PNG, BMP, TIFF, JPEG or WebP bytes into a :class:`DecodedImage`.
 
     Raises ImageError with the reason for empty, truncated, non-image or oversized input.
     """
-    if not data:
-        raise ImageError("empty file (0 bytes)")
     with _pixel_limit(max_pixels):
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.UnidentifiedImageError:
-            raise ImageError("not an image Pillow can identify") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"decompression bomb: {exc}") from None
-        except Exception as exc:  # broken headers raise SyntaxError, OSError, struct.error...
-            raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from None
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageError(
-                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                "(raise --max-pixels to allow it)"
-            )
-        if width < 1 or height < 1:
-            raise ImageError(f"invalid size {width}x{height}")
+        img = _open(data)
+        _check_size(*img.size, max_pixels)
         try:
             img.load()
             icc = img.info.get("icc_profile")

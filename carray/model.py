@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import ARCH_OPTIONS
 from .errors import JobError
 
 FORMAT = "carray-model"
@@ -59,7 +60,7 @@ class ARCNN(nn.Module):
 
     arch = "arcnn"
     #: Training options (TrainConfig fields) this network's constructor takes, besides channels.
-    options = ("residual", "relu_output", "padding_mode")
+    options = ARCH_OPTIONS[arch]
 
     def __init__(self, channels: int = 1, residual: bool = True, relu_output: bool = False, padding_mode: str = "replicate"):
         super().__init__()
@@ -94,7 +95,7 @@ class FastARCNN(nn.Module):
     """
 
     arch = "fast-arcnn"
-    options = ("residual", "padding_mode")
+    options = ARCH_OPTIONS[arch]
     receptive_radius = 24  # conservative: 4 + 2*3 + 2*(9//2) rounded up, plus the stride grid
     stride = 2
 
@@ -188,7 +189,7 @@ class UnshuffledCNN(nn.Module):
     """
 
     arch = "unshuffled-cnn"
-    options = ("blocks", "width", "padding_mode", "quality_input")
+    options = ARCH_OPTIONS[arch]
     stride = 2
 
     def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate", quality_input: bool = False):
@@ -260,13 +261,36 @@ def init_from(model: nn.Module, source: nn.Module) -> list[str]:
     """Copy every weight of `source` whose name and shape match into `model` (fine-tuning, or a
     model that gains an input such as the quality FiLM). Returns the names of `model`'s weights
     that kept their fresh initialisation; raises ValueError when nothing matches."""
-    mine, theirs = model.state_dict(), source.state_dict()
+    mine, theirs = model.state_dict(), _grown_state(model, source)
     matched = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
     if not matched:
         raise ValueError(f"no weight of the {source.arch} model fits the {model.arch} network ({model.args})")
     mine.update(matched)
     model.load_state_dict(mine)
     return sorted(set(mine) - set(matched))
+
+
+def _grown_state(model: nn.Module, source: nn.Module) -> dict:
+    """`source`'s weights, laid out for `model` when `model` is the same unshuffled-cnn with more
+    residual blocks: the extra blocks come after the source's and start as the identity (their
+    second convolution is zero), and the quality FiLM's output rows are moved so each old layer
+    keeps its own scale and shift (the new blocks' rows are zero). Step 0 of the grown network is
+    then exactly the source network. Anything else: the source's weights as they are."""
+    theirs = source.state_dict()
+    if not (isinstance(model, UnshuffledCNN) and isinstance(source, UnshuffledCNN)):
+        return theirs
+    old, new = len(source.blocks), len(model.blocks)
+    if new <= old or model.args["width"] != source.args["width"] or model.film is None or source.film is None:
+        return theirs
+    width = source.args["width"]
+    key = f"film.net.{len(model.film.net) - 1}"
+    grown = dict(theirs)
+    for part in ("weight", "bias"):
+        rows = theirs[f"{key}.{part}"].reshape(old + 1, 2 * width, *theirs[f"{key}.{part}"].shape[1:])
+        target = torch.zeros((new + 1, *rows.shape[1:]), dtype=rows.dtype)
+        target[:old], target[new] = rows[:old], rows[old]  # the last row modulates the output features
+        grown[f"{key}.{part}"] = target.reshape(-1, *rows.shape[2:])
+    return grown
 
 
 # --- files ---

@@ -81,6 +81,20 @@ def double_compress(pixels: np.ndarray, first: int, second: int, shift: tuple[in
     return cropped, jpeg.decompress(data)
 
 
+def downscale(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink a clean image by `factor` (Pillow's antialiased Lanczos). Why: photographs that were
+    JPEGs before they became PNGs (CBSD68, CBSD432, Urban100) carry that JPEG's 8x8 grid and noise;
+    a model trained to reproduce them cannot beat high qualities. Averaging 2x2 or more pixels
+    hides the grid and cuts its noise. factor <= 1 returns the pixels unchanged."""
+    if factor <= 1:
+        return pixels
+    from PIL import Image
+
+    h, w = pixels.shape[:2]
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.LANCZOS, reducing_gap=None))
+
+
 def prepare_pixels(pixels: np.ndarray, color: bool) -> np.ndarray:
     """Gray mode: the MATLAB Y channel (h, w). Colour mode: RGB (h, w, 3), gray images repeated."""
     if color:
@@ -134,11 +148,13 @@ def pairs_from_clean(
     stride: int,
     max_pixels: Optional[int] = None,
     double: Optional[tuple[int, int, tuple[int, int]]] = None,
+    shrink: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """A clean image's bytes -> patch pairs at each JPEG quality (compressed here, in memory), plus
     one double-compressed version when `double` = (first, second, shift) is given (see
-    :func:`double_plan`); its patch origins are in the cropped image's coordinates + the shift."""
-    original = prepare_pixels(decode_image(data, max_pixels).pixels, color)
+    :func:`double_plan`); its patch origins are in the cropped image's coordinates + the shift.
+    `shrink` > 1: the clean image is first made smaller by that factor (:func:`downscale`)."""
+    original = prepare_pixels(downscale(decode_image(data, max_pixels).pixels, shrink), color)
     rows = patch_pairs(original, {q: jpeg.roundtrip(original, q) for q in qualities}, image, size, stride)
     if double is None:
         return rows

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import PrepConfig, parse_qualities, parse_split
+from .errors import OptionError
 from .images import IMAGE_EXTENSIONS, ImageError
 from .pairs import COLUMNS, assign_split, double_plan, pairs_from_clean, pairs_from_files, qualities_for, to_arrow
 
@@ -103,7 +104,7 @@ def patchify_batch(
             else:
                 qualities = qualities_for(image, fixed, ranges, cfg.range_samples, cfg.seed)
                 double = double_plan(image, first_choices, qualities, cfg.seed) if first_choices else None
-                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels, double)
+                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels, double, cfg.downscale)
         except Exception as exc:  # ImageError, OSError, or anything else: this image only
             patches.append(0)
             reasons.append(str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}")
@@ -150,7 +151,9 @@ def run_prep(cfg: PrepConfig) -> dict:
     if cfg.double:
         parse_qualities(cfg.double)
         if cfg.pairs:
-            raise ValueError("--double makes JPEGs from clean images; it cannot be used with --pairs")
+            raise OptionError("--double makes JPEGs from clean images; it cannot be used with --pairs")
+    if cfg.downscale != 1 and (cfg.pairs or cfg.downscale < 1):
+        raise OptionError("--downscale wants a factor >= 1 and clean images (not --pairs)")
     src_fs, src_root = storage.resolve(cfg.input, cfg.s3())
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     extensions = LOSSLESS_EXTENSIONS + JPEG_EXTENSIONS if cfg.pairs else IMAGE_EXTENSIONS

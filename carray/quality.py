@@ -8,18 +8,23 @@ to the libjpeg quality that quantizes as coarsely. The networks are conditioned 
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 
 #: The JPEG standard's (Annex K) luminance table in natural (row-major) order, the base of IJG quality.
 STANDARD_LUMA = np.array(
     [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
      49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    dtype=np.float64,
+)
+
+#: The standard's chrominance table (Annex K), natural order: the base of IJG quality for Cb and Cr.
+STANDARD_CHROMA = np.array(
+    [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+     47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32,
     dtype=np.float64,
 )
 
@@ -33,30 +38,30 @@ def ijg_table(quality: int, base: np.ndarray = STANDARD_LUMA) -> np.ndarray:
     return np.clip(np.floor((base * scale + 50) / 100), 1, 255)
 
 
-_LOG_TABLES = np.log(np.stack([ijg_table(q) for q in QUALITIES]))
+_LOG_TABLES = {base: np.log(np.stack([ijg_table(q, table) for q in QUALITIES])) for base, table in (("luma", STANDARD_LUMA), ("chroma", STANDARD_CHROMA))}
 
 
-def quality_from_tables(tables: dict) -> Optional[int]:
+def quality_from_tables(tables: dict, plane: str = "luma") -> Optional[int]:
     """Pillow's ``Image.quantization`` ({table id: 64 values, natural order}) -> IJG quality 1..100.
 
-    Uses the luminance table (id 0). Returns None when there is no usable table.
+    plane 'luma' reads the luminance table (id 0), 'chroma' the chrominance one (id 1), each against
+    its own standard base table. Returns None when there is no usable table.
     """
-    luma = tables.get(0) if tables else None
-    if luma is None or len(luma) != 64:
+    table = tables.get(0 if plane == "luma" else 1) if tables else None
+    if table is None or len(table) != 64:
         return None
-    distance = np.abs(_LOG_TABLES - np.log(np.clip(np.asarray(luma, dtype=np.float64), 1, None))).sum(axis=1)
+    distance = np.abs(_LOG_TABLES[plane] - np.log(np.clip(np.asarray(table, dtype=np.float64), 1, None))).sum(axis=1)
     return int(QUALITIES[int(np.argmin(distance))])
 
 
 def jpeg_quality(data: bytes) -> Optional[int]:
     """The IJG quality of JPEG bytes (from the header alone, no decoding), or None for anything
-    that is not a JPEG with tables."""
+    that is not a JPEG with tables (:func:`carray.images.read_header`)."""
+    from .images import ImageError, read_header
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "JPEG":
-                return None
-            return quality_from_tables(getattr(img, "quantization", None) or {})
-    except Exception:  # not an image at all: the decoder reports that, not us
+        return read_header(data).quality
+    except ImageError:  # not an image at all: the decoder reports that, not us
         return None
 
 

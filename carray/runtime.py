@@ -270,7 +270,8 @@ def plan_train_workers(workers: int, gpu: Optional[bool], threads: int = 0, offe
     """(use GPUs, resources per worker, torch threads per CPU worker, why) for Ray Train.
 
     CPU workers leave one CPU free for Ray Data's read tasks: a 2-CPU cluster with two 1-CPU
-    workers starves them and hangs (see DESIGN.md); with 0.5 CPU each it runs.
+    workers starves them and hangs (measured: "Cluster resources are not enough to run any task from
+    ReadFilesParquet"); with 0.5 CPU each it runs.
     """
     offer = offer or cluster_offer()
     use_gpu, why = choose_gpu(gpu, offer)

@@ -403,6 +403,10 @@ def network_for(cfg: TrainConfig, channels: int) -> dict:
     args = dict(source.args)
     if args.get("channels") != channels:
         raise DataError(f"--init-from {cfg.init_from}: a {args.get('channels')}-channel model, but the data has {channels}-channel patches")
+    if cfg.blocks is not None and source.arch == "unshuffled-cnn":
+        if cfg.blocks < args["blocks"]:
+            raise DataError(f"--blocks {cfg.blocks}: the model in --init-from {cfg.init_from} has {args['blocks']}; a network can grow, not shrink")
+        args["blocks"] = cfg.blocks  # grown: the new blocks start as the identity (model.init_from)
     if cfg.quality_input:
         if source.arch != "unshuffled-cnn":
             raise ModelFileError(f"--init-from {cfg.init_from}: --quality-input needs an unshuffled-cnn model, this is {source.arch}")

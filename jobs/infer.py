@@ -1,12 +1,7 @@
 """infer job: `ray job submit --working-dir . -- python jobs/infer.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_parser as _build_parser
 from carray.cli import stage_main
-
-
-def build_parser():
-    return _build_parser("infer", prog="jobs/infer.py")
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,7 @@
 """prep job: `ray job submit --working-dir . -- python jobs/prep.py ...` (options: --help)."""
 import sys
 
-from carray.cli import build_parser as _build_parser
 from carray.cli import stage_main
-
-
-def build_parser():
-    return _build_parser("prep", prog="jobs/prep.py")
 
 
 def main(argv=None) -> int:

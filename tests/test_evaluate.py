@@ -14,14 +14,23 @@ def test_evaluate_classic5_reproduces_the_jpeg_row(tmp_path):
     model = tmp_path / "m.pt"
     save_model(build_model("fast-arcnn"), str(model))
     out = tmp_path / "report"
-    code = cli_main(["evaluate", "--images", str(DATA / "Classic5"), "--quality", "10", "--model", str(model), "--output", str(out), "--figures", "1"])
+    # Two settings: the figures come from the first (q10), whichever row of an image is last.
+    code = cli_main(["evaluate", "--images", str(DATA / "Classic5"), "--quality", "10", "40", "--model", str(model), "--output", str(out), "--figures", "2"])
     assert code == 0
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = [r for r in csv.DictReader(open(out / "results.csv")) if r["quality"] == "10"]
     assert len(rows) == 5
     mean = sum(float(r["jpeg_psnr"]) for r in rows) / 5
     assert abs(mean - 27.82) <= 0.02  # ANCHORS.md, Classic5 gray q10
     assert "| q10 | 5 | 0 | 27.82 / 0.7595 / 25.21 |" in (out / "results.md").read_text()
-    assert len(list((out / "figures").glob("*.png"))) == 1
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == ["baboon_q10.png", "barbara_q10.png"]
+
+
+def test_bad_double_is_an_option_error_not_a_traceback(tmp_path, capsys):
+    args = ["evaluate", "--images", str(DATA / "Classic5"), "--output", str(tmp_path / "r"), "--double", "30"]
+    assert cli_main(args) == 2
+    assert "error: --double wants Q1,Q2 pairs" in capsys.readouterr().err
+    assert cli_main(args[:-2] + ["--quality", "ten"]) == 2
+    assert "error: JPEG quality 'ten' is not a number" in capsys.readouterr().err
 
 
 def test_evaluate_double_jpeg_and_per_image_errors(tmp_path):

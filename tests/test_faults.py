@@ -21,13 +21,13 @@ from carray import jpeg
 from carray.cli import main as cli_main
 from carray.config import PrepConfig
 from carray.infer import decode_to_row, encode_row
-from carray.model import build_model, save_model
+from carray.infer.restoring import RowRestorer
+from carray.model import build_model, model_bytes, save_model
 from carray.prep import run_prep
-from carray.restore import restore_image
-from carray.infer import from_row
+from carray.quality import Policy
 from support.images import png_bytes, smooth_image
 from support.faults import count_files, kill_process_group, kill_ray_actor, restart_server_when, wait_for
-from support.jobs import job_env, run_job, start_job
+from support.jobs import job_env, resumed_from, run_job, start_job
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -121,10 +121,11 @@ def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path
         except OSError:
             return 0
 
-    restart = restart_server_when(s3_server, lambda: outputs_in_bucket() >= 3)
+    restart = restart_server_when(s3_server, lambda: outputs_in_bucket() >= 3, progress=outputs_in_bucket)
     args = ["infer", "--input", f"s3://{name}/in", "--output", f"s3://{name}/out", "--model", str(model)]
     first = cli_main(args)
-    restart.join(timeout=120)
+    # The restart happened (a timeout in its thread fails here), while images were in flight.
+    assert 3 <= restart.result()["progress_at_stop"] < IMAGES - 1, "the server went down mid-run (23 good images), not after it"
     assert first in (0, 1), "the outage is reported as failures, not a crash"
     if first != 0 or outputs_in_bucket() < IMAGES:  # failed clearly: a re-run completes the rest
         failures = fs.open_input_stream(f"{name}/out/_failures.jsonl").read().decode().splitlines()
@@ -173,7 +174,7 @@ def test_training_worker_killed_resumes_from_checkpoint(tmp_path, ray_session):
     assert job.returncode == 0, log[-3000:]
     # The driver's summary line, not the worker's "resuming" line: worker output reaches the log
     # through Ray's log forwarding, which gives no promise of arriving before the job ends.
-    resumed = int(log.split("(resumed from step ")[1].split(")")[0])
+    resumed = resumed_from(log)
     assert resumed >= saved, f"resumed from step {resumed}, but step {saved} was checkpointed before the kill:\n{log[-3000:]}"
     from carray.modelfiles import load_model
 
@@ -210,10 +211,17 @@ def test_prep_killed_then_rerun_gives_the_same_patches(tmp_path):
     assert (out / "test.txt").read_text() == (reference / "test.txt").read_text()
 
 
-# --- fuzzed inputs through decode + restore + encode ---
+# --- fuzzed inputs through the job's own stages: decode (header, policy), the actor's restore, encode ---
 
 _SEED_JPEG = jpeg.compress(smooth_image(24, 32, color=True), 30)
-_FUZZ_MODEL = {"gray": build_model("fast-arcnn").eval()}
+_FUZZ_RESTORER = RowRestorer(  # what every Restorer actor runs, without Ray around it
+    {kind: model_bytes(build_model("fast-arcnn", channels=c)) for kind, c in (("gray", 1), ("color", 3))},
+    tile=512, threads=1, precision="fp32", tile_batch=2,
+)
+# The reasons decoding gives for a file it cannot use (carray.images.ImageError); anything else,
+# the last resort's "unexpected error while decoding" included, is an exception nobody anticipated.
+DECODE_REASONS = ("empty file", "not an image Pillow can identify", "decompression bomb", "cannot decode: ",
+                  "invalid size", "unsupported image mode", "floating-point images")
 
 
 @st.composite
@@ -234,14 +242,21 @@ def mutated_jpegs(draw):
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_jpegs())
 def test_fuzzed_jpegs_end_as_output_or_failure(data):
-    row = decode_to_row("fuzz.jpg", "fuzz.jpg.png", data, max_pixels=4_000_000)
+    """Each mutated file is refused by the decoder with one of its reasons, or passed through as
+    its own bytes, or restored and encoded, by the same functions the job's tasks and actors run."""
+    row = decode_to_row("fuzz.jpg", "fuzz.jpg.png", data, max_pixels=4_000_000, policy=Policy())
     if row["error"]:
-        assert isinstance(row["error"], str) and row["error"]
+        assert row["error"].startswith(DECODE_REASONS), row["error"]
         return
-    restored = restore_image(_FUZZ_MODEL, from_row(row), quality=None if row["quality"] < 0 else row["quality"])
-    row["pixels"] = restored.pixels.tobytes()
+    if not row["passed"]:  # as the actor: passed-through rows are not its work
+        _FUZZ_RESTORER.restore([row, dict(row)])  # a batch of two: the actors' batched path
+        assert not row["error"], row["error"]
     out = encode_row(row, fmt="png", quality=95)
-    assert out["error"] or Image.open(io.BytesIO(out["data"])).size == (row["width"], row["height"])
+    assert not out["error"], out["error"]
+    if row["passed"]:
+        assert out["data"] == data and row["output"] == "fuzz.jpg"
+    else:
+        assert Image.open(io.BytesIO(out["data"])).size == (row["width"], row["height"])
 
 
 def test_an_image_that_kills_its_actor_becomes_one_failure_and_the_rest_is_restored(tmp_path):

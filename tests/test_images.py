@@ -125,3 +125,27 @@ def test_jpeg_roundtrip_keeps_shape_and_rejects_bad_quality():
         assert jpeg.roundtrip(arr, 10).shape == arr.shape
     with pytest.raises(ValueError):
         jpeg.compress(smooth_image(8, 8), 0)
+
+
+def test_read_header_reads_quality_and_subsampling_without_decoding():
+    from carray.images import ImageError, read_header
+
+    rgb = smooth_image(40, 56, color=True)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=37, subsampling="4:4:4")
+    header = read_header(buf.getvalue())
+    assert (header.format, header.width, header.height, header.quality, header.subsampling) == ("JPEG", 56, 40, 37, "4:4:4")
+    assert header.chroma_quality == 37
+    buf = io.BytesIO()  # luma at q80, chroma at q30: the two tables read separately
+    from carray.quality import STANDARD_CHROMA, STANDARD_LUMA, ijg_table
+
+    tables = [ijg_table(80, STANDARD_LUMA).astype(int).tolist(), ijg_table(30, STANDARD_CHROMA).astype(int).tolist()]
+    Image.fromarray(rgb).save(buf, format="JPEG", qtables=tables)
+    mixed = read_header(buf.getvalue())
+    assert (mixed.quality, mixed.chroma_quality) == (80, 30)
+    assert read_header(jpeg.compress(rgb, 80)).subsampling == "4:2:0"
+    assert read_header(png_bytes(rgb)).quality is None
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        read_header(jpeg.compress(rgb, 80), max_pixels=2000)
+    with pytest.raises(ImageError, match="not an image"):
+        read_header(b"plain text")

@@ -134,3 +134,23 @@ def test_gpu_bench_runs_on_the_cpu_path_without_ray():
     run = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "fp32" in run.stdout and run.stdout.strip().endswith("ray imported: False")
+
+
+def test_a_grown_network_starts_as_the_network_it_grew_from():
+    """init_from into an unshuffled-cnn with more residual blocks (--init-from with a larger --blocks):
+    the new blocks start as the identity and the quality FiLM keeps each old layer's modulation, so
+    the grown network's output equals the source's at every quality."""
+    import torch
+
+    from carray.model import build_model, init_from
+
+    torch.manual_seed(0)
+    source = build_model("unshuffled-cnn", channels=3, blocks=2, width=8, quality_input=True)
+    for p in source.parameters():
+        p.data.normal_(0, 0.05)
+    grown = build_model("unshuffled-cnn", channels=3, blocks=4, width=8, quality_input=True)
+    fresh = init_from(grown, source)
+    assert all(name.startswith(("blocks.2.", "blocks.3.")) for name in fresh)
+    x, q = torch.rand(3, 3, 20, 28), torch.tensor([10.0, 50.0, 90.0])
+    with torch.no_grad():
+        assert torch.allclose(grown.eval()(x, q), source.eval()(x, q), atol=1e-6)

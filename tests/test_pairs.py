@@ -65,3 +65,12 @@ def test_patch_shape_from_width():
     assert pairs.patch_shape(3 * 1024) == (3, 32, 32)
     with pytest.raises(ValueError):
         pairs.patch_shape(1000)
+
+
+def test_downscale_shrinks_clean_images_before_they_are_compressed():
+    """--downscale 2: a photograph that was a JPEG once loses its old 8x8 grid in the targets."""
+    data = png_bytes(smooth_image(96, 64, color=True))
+    rows = pairs.pairs_from_clean(data, "x.png", [10], color=True, size=16, stride=16, shrink=2)
+    assert rows["y"].max() + 16 <= 48 and rows["x"].max() + 16 <= 32  # patches of a 32x48 image
+    assert pairs.downscale(smooth_image(9, 9), 1).shape == (9, 9)
+    assert pairs.downscale(smooth_image(90, 60, color=True), 3).shape == (30, 20, 3)

@@ -3,7 +3,6 @@ import csv
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,8 @@ from carray.restore import restore_pixels
 from carray.train import DataError, inspect_data, run_train
 from carray.storage import resolve
 from support.images import smooth_image
-from support.jobs import run_job, start_job
+from support.faults import wait_for
+from support.jobs import resumed_from, run_job, start_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -46,11 +46,13 @@ def test_two_workers_train_checkpoint_get_killed_and_resume(tiny_data, tmp_path)
     args = ["--data", str(tiny_data), "--output", str(out), "--workers", "2", "--steps", "40", "--batch-size", "16",
             "--val-every", "5", "--checkpoint-every", "10", "--val-patches", "64", "--lr-schedule", "cosine"]
     first = start_job("train.py", args, tmp_path / "first.log")
-    deadline = time.time() + 240
-    # Ray Train registers a checkpoint in its snapshot file right after writing it; resuming reads that.
-    while time.time() < deadline and not (out / "train" / "checkpoint_manager_snapshot.json").exists():
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.5)
+
+    def checkpointed() -> bool:
+        # Ray Train registers a checkpoint in its snapshot file right after writing it; resuming reads that.
+        assert first.poll() is None, "the first run ended before its first checkpoint:\n" + (tmp_path / "first.log").read_text()[-3000:]
+        return (out / "train" / "checkpoint_manager_snapshot.json").exists()
+
+    wait_for(checkpointed, timeout=240, what="the first run's first registered checkpoint", poll=0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-run, after a checkpoint
     first.wait()
     assert not (out / "model.pt").exists()
@@ -65,7 +67,7 @@ def test_two_workers_train_checkpoint_get_killed_and_resume(tiny_data, tmp_path)
     snapshot = json.loads((out / "train" / "checkpoint_manager_snapshot.json").read_text())
     registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
     assert registered and {p.name for p in (out / "train").glob("checkpoint_*") if p.is_dir()} == registered
-    resumed = int(log.split("resumed from step ")[1].split(")")[0])
+    resumed = resumed_from(log)
     assert resumed >= 10, "the re-run must resume from the checkpoint, not from step 0"
     rows = read_metrics(out / "metrics.csv")
     steps = [int(r["step"]) for r in rows]

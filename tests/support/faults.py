@@ -49,20 +49,42 @@ def kill_ray_actor(class_name: str, address: str | None = None) -> int:
     return pid
 
 
-def in_background(fault: Callable[[], None]) -> threading.Thread:
-    """Run `fault` in a daemon thread (e.g. wait for progress, then restart the server)."""
-    thread = threading.Thread(target=fault, daemon=True)
-    thread.start()
-    return thread
+class Fault(threading.Thread):
+    """A fault injected from a daemon thread. :meth:`result` waits for it and re-raises what went
+    wrong there (a timeout waiting for progress included), so a fault that never happened fails
+    the test instead of passing unseen; it returns what the fault recorded."""
+
+    def __init__(self, fault: Callable[[], dict]):
+        super().__init__(daemon=True)
+        self.fault, self.error, self.record = fault, None, None
+
+    def run(self):
+        try:
+            self.record = self.fault()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test by result()
+            self.error = exc
+
+    def result(self, timeout: float = 300) -> dict:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"the fault did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.record
 
 
-def restart_server_when(server, condition: Callable[[], bool], down_seconds: float = 2.0) -> threading.Thread:
-    """Once `condition` holds, stop the S3 server, keep it down for `down_seconds`, start it again."""
+def restart_server_when(server, condition: Callable[[], bool], progress: Callable[[], int], down_seconds: float = 2.0) -> Fault:
+    """Once `condition` holds, stop the S3 server, keep it down for `down_seconds`, start it again.
+    Records `progress()` at the moment of the stop (read before stopping) as "progress_at_stop"."""
 
-    def fault():
+    def fault() -> dict:
         wait_for(condition, what="progress before the restart")
+        at_stop = progress()
         server.stop()
         time.sleep(down_seconds)
         server.start()
+        return {"progress_at_stop": at_stop}
 
-    return in_background(fault)
+    thread = Fault(fault)
+    thread.start()
+    return thread

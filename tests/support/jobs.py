@@ -31,3 +31,13 @@ def run_job(script: str, args: list[str], log: Path, env: dict | None = None, ti
     process = start_job(script, args, log, env)
     process.wait(timeout=timeout)
     return process.returncode, log.read_text(errors="replace")
+
+
+def resumed_from(log: str) -> int:
+    """The step in the train job's summary line "(resumed from step N)"; fails naming what the log
+    says instead when the line is not there (a run that never got that far)."""
+    import re
+
+    found = re.search(r"resumed from step (\d+)", log)
+    assert found, f"no 'resumed from step N' in the job's log:\n{log[-3000:]}"
+    return int(found.group(1))

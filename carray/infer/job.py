@@ -1,0 +1,164 @@
+"""The driver: check the options and locations, choose where the keys come from, build the
+pipeline, run it, and write the summary. Each step is one short function below."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import ray
+
+from .. import storage
+from ..images import IMAGE_EXTENSIONS
+from .decode import decode_packs
+from .keys import KEY_CHUNK, failures_as_manifest, keys_dataset, list_into_parts, read_manifest
+from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
+from .plan import plan_keys
+from .report import ProgressPrinter, build_summary
+from .resources import PLAN_CPUS, READ_CPUS
+from .restorer import GPU_TILE_BATCH, Restorer
+from .sink import ImageSink, merge_failure_parts
+from .tracker import start_tracker
+from .write import write_pack
+
+if TYPE_CHECKING:  # the stages run in task processes that need not import torch
+    from ..config import InferConfig
+
+
+@dataclass
+class KeySource:
+    """Where this run's keys come from: a Dataset of packs of keys, how many (None: not known
+    before the run, a manifest), what the listing skipped, and whether existing outputs count."""
+
+    keys: "ray.data.Dataset"
+    total: Optional[int]
+    listed_skips: dict
+    overwrite: bool
+
+
+def run_infer(cfg: "InferConfig", say=print) -> dict:
+    """Run the infer job; returns its summary (also written to ``_summary.json``).
+
+    Raises OptionError for options it cannot use and storage.StorageError when the input does not
+    exist or holds no images."""
+    from ..modelfiles import model_files
+    from ..runtime import connect, tune_data_context
+
+    started = time.time()
+    cfg.check()
+    where = Locations.resolve(cfg.input, cfg.output, cfg.s3())
+    files = model_files(cfg.model, cfg.s3())
+    prepare_output(cfg, where)
+    connect(cfg.address)
+    tune_data_context()
+    # One pack per block: a block is what Ray Data hands to one task or actor call, so every pack
+    # is scheduled on its own and packs spread over every actor. Set before the first Dataset is
+    # made (each copies the context). (Not Dataset.repartition: its task asks for a whole CPU,
+    # which a 1-CPU node beside a half-CPU actor never has.)
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, 1
+    try:
+        source = key_source(cfg, where, say)
+        totals, networks = restore_all(cfg, where, files, source, say)
+    finally:  # the context belongs to the process: a later job here gets its own default back
+        context.target_max_block_size = block_size
+    return finish(cfg, where, files, source, totals, networks, time.time() - started)
+
+
+def prepare_output(cfg: "InferConfig", where: Locations) -> None:
+    """The output root exists, and nothing a killed run left behind is in the way."""
+    storage.make_output_root(where.dst_fs, where.dst_root, cfg.output, cfg.create_bucket)
+    storage.remove_stale_temporaries(where.dst_fs, where.dst_root)  # left by a run that was killed mid-write
+    for stale in ("failures", "tiles"):  # from a run that was killed
+        storage.delete_dir_if_exists(where.dst_fs, where.work_path(stale))
+
+
+def key_source(cfg: "InferConfig", where: Locations, say) -> KeySource:
+    """--retry-failed: the last run's failures; --manifest: its keys; else the input, listed."""
+    if cfg.retry_failed:
+        keys = failures_as_manifest(where)
+        if keys is None:
+            raise storage.StorageError(f"--retry-failed: {cfg.output}/{FAILURES_FILE} does not exist (no earlier run)")
+        packs = [{"key": keys[i : i + KEY_CHUNK]} for i in range(0, len(keys), KEY_CHUNK)]
+        say(f"carray: retrying the {len(keys)} inputs of the last {FAILURES_FILE}")
+        return KeySource(ray.data.from_items(packs, override_num_blocks=max(1, len(packs))), len(keys), {}, overwrite=True)
+    if cfg.manifest:
+        say(f"carray: keys from the manifest {cfg.manifest}")
+        return KeySource(read_manifest(cfg.manifest, cfg.s3(), where.src_root), None, {}, cfg.overwrite)
+    parts, total, skips = list_into_parts(where, where.work_path("listing"), cfg.include_hidden, say)
+    say(f"carray: listed {total} images in {cfg.input}" + "".join(f"; {n} skipped: {r}" for r, n in skips.items()))
+    if not total:
+        raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return KeySource(keys_dataset(parts, where.dst_fs, "parquet"), total, skips, cfg.overwrite)
+
+
+def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, say) -> tuple[dict, dict]:
+    """Run the pipeline to its sink. Returns (the sink's counts, how the networks ran)."""
+    from ..quantize import RUNTIME_NAMES, plan_networks
+    from ..runtime import plan_pool
+
+    tracker = start_tracker()
+    try:
+        pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
+        precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
+        say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
+        networks = {"precision": precision, "runtime": runtime, "onnx": onnx, "actors": pool.actors,
+                    "gpus": round(pool.actors * pool.gpus, 3), "cpus": ray.cluster_resources().get("CPU", 0)}
+        ds = build_pipeline(cfg, where, files, source, pool, networks, tracker)
+        sink = ImageSink(where)
+        with ProgressPrinter(tracker, source.total, say):
+            ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
+    finally:  # the tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job
+        ray.kill(tracker)
+    networks.pop("onnx")
+    return sink.totals, networks
+
+
+def build_pipeline(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, pool, networks: dict, tracker):
+    """keys -> plan -> read + decode -> Restorer actors -> encode + write."""
+    from ray.data import ActorPoolStrategy
+
+    tile_batch = cfg.tile_batch or (GPU_TILE_BATCH if pool.gpus else 1)
+    ds = source.keys.map_batches(
+        plan_keys, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
+        fn_kwargs=dict(fmt=cfg.format, where=where, overwrite=source.overwrite, include_hidden=cfg.include_hidden),
+    )
+    ds = ds.map_batches(
+        decode_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
+        fn_kwargs=dict(where=where, max_pixels=cfg.max_pixels, policy=cfg.policy(), split_above=cfg.split_above,
+                       tile=cfg.tile, margin=restore_margin(files), tile_batch=tile_batch),
+    )
+    ds = ds.map_batches(
+        Restorer,
+        fn_constructor_kwargs={
+            "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker, "max_attempts": cfg.max_attempts,
+            "tta": cfg.tta, "precision": networks["precision"], "onnx": networks["onnx"], "tile_batch": tile_batch,
+        },
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
+        batch_size=1, batch_format="pyarrow",  # one pack per call
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus,
+        # No scheduling_strategy: Ray Data spreads an actor pool over the nodes by itself (model
+        # replicas on as many nodes as possible), and Ray 2.64 drops the argument.
+    )
+    return ds.map_batches(  # the sink's resources: Ray Data fuses the two into one task per pack
+        write_pack, batch_size=1, batch_format="pyarrow", **PLAN_CPUS,
+        fn_kwargs={"fmt": cfg.format, "quality": cfg.jpeg_quality, "where": where, "tracker": tracker},
+    )
+
+
+def restore_margin(files: dict[str, bytes]) -> int:
+    """The context a tile of a large image is read with: the widest of the models' margins."""
+    from ..model import load_model_bytes
+    from ..restore import tile_margin
+
+    return max(tile_margin(load_model_bytes(data, kind)[0]) for kind, data in files.items())
+
+
+def finish(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, totals: dict, networks: dict, seconds: float) -> dict:
+    """Failure lines merged, the work folder removed, the summary written."""
+    failed = merge_failure_parts(where)
+    storage.delete_dir_if_exists(where.dst_fs, where.work_path())
+    summary = build_summary(cfg, totals, source.listed_skips, failed, seconds, networks, files)
+    storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)
+    return summary

@@ -1,0 +1,176 @@
+"""Where the keys come from: the input listed into Parquet parts, a manifest, or the last run's failures.
+
+Nothing here holds a collection's keys in the driver's memory: listings are written as parts of
+LISTING_PART_ROWS keys, and key files are read by Ray Data tasks in packs of KEY_CHUNK keys.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from .. import storage
+from .layout import FAILURES_FILE, Locations
+from .packs import PACK_KEYS
+from .plan import skip_reason
+from .report import PROGRESS_EVERY_S
+from .resources import PLAN_CPUS
+
+LISTING_PART_ROWS = 100_000  # keys per Parquet part of a listing: bounds the driver's memory
+# Keys per pack when reading key files: each pack is a row and a block of its own (the run sets a
+# tiny target block size), the unit Ray Data hands to one task or actor call.
+KEY_CHUNK = PACK_KEYS
+
+
+def list_into_parts(where: Locations, listing_root: str, include_hidden: bool, say=print) -> tuple[list[str], int, dict]:
+    """Walk the input one folder at a time and write the keys to restore as Parquet parts of
+    LISTING_PART_ROWS keys: the driver never holds the whole listing. Returns (part paths,
+    keys written, {skip reason: count} for what was listed but not written)."""
+    storage.delete_dir_if_exists(where.dst_fs, listing_root)
+    parts, batch, written, skipped = [], [], 0, {}
+    last_said = time.monotonic()
+
+    def flush():
+        nonlocal batch
+        path = storage.join(listing_root, f"part-{len(parts):06d}.parquet")
+        with storage.atomic_output(where.dst_fs, path) as stream:
+            pq.write_table(pa.table({"key": pa.array(batch, pa.string())}), stream)
+        parts.append(path)
+        batch = []
+
+    for rel, _size in storage.walk_files(where.src_fs, where.src_root):
+        reason = skip_reason(rel, include_hidden)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        batch.append(rel)
+        written += 1
+        if len(batch) >= LISTING_PART_ROWS:
+            flush()
+        if time.monotonic() - last_said > PROGRESS_EVERY_S:
+            say(f"carray: listed {written} images so far ({sum(skipped.values())} other files)")
+            last_said = time.monotonic()
+    if batch:
+        flush()
+    return parts, written, skipped
+
+
+def key_pack(keys: list[str]) -> pa.Table:
+    """One row holding a pack of keys."""
+    return pa.table({"key": pa.array([keys], pa.list_(pa.string()))})
+
+
+def _relative(key: str, prefix: str) -> str:
+    key = key.strip()
+    return key[len(prefix) + 1 :] if prefix and key.startswith(prefix + "/") else key
+
+
+def read_key_files(batch: dict, *, fs, kind: str, column: Optional[str], names: Optional[list], prefix: str):
+    """map_batches generator: each key file of the batch -> packs of keys (one row, a list of
+    KEY_CHUNK keys), streamed (a part of millions of keys never sits whole in one task's memory).
+    kind: 'text' (one key a line), 'csv' (a header, or `names` for headerless inventory parts;
+    .gz read as gzip; keys URL-decoded when `names` is given, as S3 Inventory encodes them) or
+    'parquet'. Keys are made relative to `prefix` when they are full keys under it."""
+    for path in batch["path"]:
+        path = str(path)
+        if kind == "parquet":
+            yield from _parquet_keys(fs, path, column, prefix)
+            continue
+        data = storage.read_bytes(fs, path)
+        if path.endswith(".gz"):  # inventory parts; one part is tens of MB at most
+            import gzip
+
+            data = gzip.decompress(data)
+        if kind == "text":
+            yield from _text_keys(data, prefix)
+        else:
+            yield from _csv_keys(data, column, names, prefix)
+
+
+def _parquet_keys(fs, path: str, column: Optional[str], prefix: str):
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        name = column if column in parquet.schema_arrow.names else parquet.schema_arrow.names[0]
+        for part in parquet.iter_batches(batch_size=KEY_CHUNK, columns=[name]):
+            yield key_pack([_relative(str(k), prefix) for k in part.column(0).to_pylist()])
+
+
+def _text_keys(data: bytes, prefix: str):
+    chunk = []
+    for line in io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"):
+        if line.strip():
+            chunk.append(_relative(line, prefix))
+        if len(chunk) >= KEY_CHUNK:
+            yield key_pack(chunk)
+            chunk = []
+    if chunk:
+        yield key_pack(chunk)
+
+
+def _csv_keys(data: bytes, column: Optional[str], names: Optional[list], prefix: str):
+    import pyarrow.csv as pacsv
+    from urllib.parse import unquote
+
+    read_options = pacsv.ReadOptions(column_names=names) if names else pacsv.ReadOptions()
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in (names or [])} or None)
+    with pa.BufferReader(data) as f:
+        reader = pacsv.open_csv(f, read_options=read_options, convert_options=convert)
+        name = column if column in reader.schema.names else reader.schema.names[0]
+        for part in reader:
+            keys = part.column(name).to_pylist()
+            for i in range(0, len(keys), KEY_CHUNK):
+                yield key_pack([_relative(unquote(str(k)) if names else str(k), prefix) for k in keys[i : i + KEY_CHUNK]])
+
+
+def keys_dataset(paths: list[str], fs, kind: str, column: Optional[str] = "key", names: Optional[list] = None, prefix: str = ""):
+    """A Dataset with one `key` column from key files, one task per file, streamed: the way both
+    listings and manifests enter the pipeline. (Not ray.data.read_*: their file-listing step asks
+    for a whole CPU, which a 1-CPU node beside a half-CPU actor never has.)"""
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    return ds.map_batches(
+        read_key_files, batch_size=1, fn_kwargs=dict(fs=fs, kind=kind, column=column, names=names, prefix=prefix), **PLAN_CPUS
+    )
+
+
+def read_manifest(location: str, s3, src_root: str):
+    """A Ray Dataset with one `key` column from a manifest: text (one key a line), CSV or Parquet
+    with a `key` column, or an S3 Inventory manifest.json (its CSV or Parquet parts, one task each).
+    Keys relative to --input (an inventory lists bucket keys: the --input prefix is taken off)."""
+    fs, path = storage.resolve(location, s3)
+    if not storage.exists(fs, path):
+        raise storage.StorageError(f"--manifest {location}: does not exist")
+    name = path.lower()
+    if name.endswith("manifest.json"):
+        return _inventory_dataset(location, fs, path, src_root)
+    kind = "parquet" if name.endswith(".parquet") else "csv" if name.endswith((".csv", ".csv.gz")) else "text"
+    return keys_dataset([path], fs, kind)
+
+
+def _inventory_dataset(location: str, fs, path: str, src_root: str):
+    """S3 Inventory: manifest.json = {"fileFormat", "fileSchema", "files": [{"key"}], ...}."""
+    inventory = json.loads(storage.read_bytes(fs, path))
+    bucket = path.split("/", 1)[0]
+    files = [storage.join(bucket, f["key"]) for f in inventory.get("files", [])]
+    if not files:
+        raise storage.StorageError(f"--manifest {location}: an inventory manifest that lists no files")
+    fmt = str(inventory.get("fileFormat", "CSV")).upper()
+    prefix = src_root.split("/", 1)[1] if "/" in src_root else ""
+    if fmt == "PARQUET":
+        return keys_dataset(files, fs, "parquet", column="key", prefix=prefix)
+    if fmt == "CSV":
+        columns = [c.strip() for c in str(inventory.get("fileSchema", "Bucket, Key")).split(",")]
+        return keys_dataset(files, fs, "csv", column="Key" if "Key" in columns else columns[1], names=columns, prefix=prefix)
+    raise storage.StorageError(f"--manifest {location}: inventory format {fmt} is not supported (CSV or Parquet)")
+
+
+def failures_as_manifest(where: Locations) -> Optional[list[str]]:
+    """The paths of the last run's _failures.jsonl (for --retry-failed)."""
+    path = where.output_path(FAILURES_FILE)
+    if not storage.exists(where.dst_fs, path):
+        return None
+    return [json.loads(line)["path"] for line in storage.read_bytes(where.dst_fs, path).decode().splitlines() if line.strip()]

@@ -1,0 +1,59 @@
+"""Per key, no global state: the output's name, why a key is skipped, whether it is done. No Ray here."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from ..images import IMAGE_EXTENSIONS, OUTPUT_FORMATS
+from .layout import Locations
+from .packs import PLAN_TYPES, to_packs
+
+SKIP_EXISTS = "output exists (--overwrite restores it again)"
+SKIP_HIDDEN = "hidden: a folder or file name starts with '.' (--include-hidden restores it)"
+SKIP_NOT_IMAGE = "not an image file name (" + " ".join(IMAGE_EXTENSIONS) + ", any case)"
+
+
+def output_name(relative_path: str, fmt: str) -> str:
+    """The output's relative path: the input's own path plus the format's extension
+    (photo.jpg -> photo.jpg.png). One input, one output, decided by the row alone: a.jpg and
+    a.png can never write the same file, whatever else the collection holds."""
+    return relative_path + OUTPUT_FORMATS[fmt][1]
+
+
+def passed_name(relative_path: str, restored_name: str) -> str:
+    """The output's relative path of an input passed through unchanged (its own bytes): its own
+    path (photo.jpg -> photo.jpg), so a collection's untouched files sit where they were. Except a
+    path that itself looks like a restored output (photo.jpg.png, with --format png): that one takes
+    the restored naming rule (photo.jpg.png.png), so no two inputs ever share an output whichever way
+    each is treated."""
+    ext = restored_name[len(relative_path):]
+    looks_restored = relative_path.endswith(ext) and relative_path[: -len(ext)].lower().endswith(IMAGE_EXTENSIONS)
+    return restored_name if looks_restored else relative_path
+
+
+def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
+    """Why a key is not restored at all ("" when it is a candidate)."""
+    if not include_hidden and any(part.startswith(".") for part in relative_path.split("/")):
+        return SKIP_HIDDEN
+    if not relative_path.lower().endswith(IMAGE_EXTENSIONS):
+        return SKIP_NOT_IMAGE
+    return ""
+
+
+def plan_keys(table: pa.Table, *, fmt: str, where: Locations, overwrite: bool, include_hidden: bool) -> pa.Table:
+    """map_batches stage: packs of keys -> packs of (path, output, skipped). "Already done" is
+    decided here, per row, by looking for the row's own output (one metadata call per pack)."""
+    packs = []
+    for keys in table.column("key").to_pylist():
+        paths = [str(k) for k in keys]
+        outputs = [output_name(p, fmt) for p in paths]
+        skipped = [skip_reason(p, include_hidden) for p in paths]
+        if not overwrite:  # done: restored, or passed through under its own name
+            candidates = [i for i, reason in enumerate(skipped) if not reason]
+            names = [(i, name) for i in candidates for name in dict.fromkeys((outputs[i], passed_name(paths[i], outputs[i])))]
+            infos = where.dst_fs.get_file_info([where.output_path(name) for _, name in names]) if names else []
+            for (i, _), info in zip(names, infos):
+                if info.type == pafs.FileType.File:
+                    skipped[i] = SKIP_EXISTS
+        packs.append([{"path": p, "output": o, "skipped": s} for p, o, s in zip(paths, outputs, skipped)])
+    return to_packs(packs, PLAN_TYPES)

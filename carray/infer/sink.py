@@ -1,0 +1,99 @@
+"""Counting what the job did, and the failure lines, without the driver holding anything per image.
+
+Write tasks record failures as part files in the work folder (readable even if the driver died);
+:func:`merge_failure_parts` joins them into ``_failures.jsonl`` when the run ends.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pyarrow.fs as pafs
+from ray.data import Datasink
+
+from .. import storage
+from .layout import FAILURES_FILE, Locations
+from .packs import unpack
+
+
+def new_counts() -> dict:
+    return {"restored": 0, "passed": {}, "skipped": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
+
+
+def tally(results: list[dict]) -> tuple[dict, list[dict]]:
+    """What write results count for: ({restored, passed and skipped by reason, failed, megapixels,
+    nodes}, failure lines). The one place a result is classified (progress line and summary)."""
+    counts = new_counts()
+    failures = []
+    for row in results:
+        if row["part"]:  # a tile of an image not complete yet: its megapixels only
+            counts["megapixels"] += row["megapixels"]
+        elif row["skipped"]:
+            counts["skipped"][row["skipped"]] = counts["skipped"].get(row["skipped"], 0) + 1
+        elif row["error"]:
+            failures.append({"path": row["path"], "reason": row["error"]})
+            counts["failed"] += 1
+        elif row["passed"]:
+            counts["passed"][row["passed"]] = counts["passed"].get(row["passed"], 0) + 1
+        else:
+            counts["restored"] += 1
+            counts["megapixels"] += row["megapixels"]
+            counts["nodes"].add(row["node"])
+    return counts, failures
+
+
+def add_counts(totals: dict, counts: dict) -> None:
+    for key in ("restored", "failed", "megapixels"):
+        totals[key] += counts[key]
+    for key in ("passed", "skipped"):
+        for reason, n in counts[key].items():
+            totals[key][reason] = totals[key].get(reason, 0) + n
+    totals["nodes"] |= counts["nodes"]
+
+
+class ImageSink(Datasink):
+    """Counts what the rows say (the outputs were written by the write stage) and writes this
+    task's failure lines as one part file; returns small counts only."""
+
+    def __init__(self, where: Locations):
+        self.where = where
+        self.totals: dict = new_counts()
+
+    def write(self, blocks, ctx) -> dict:
+        from ray.data.block import BlockAccessor
+
+        rows = [row for block in blocks for pack in unpack(BlockAccessor.for_block(block).to_arrow()) for row in pack]
+        counts, failures = tally(rows)
+        if failures:  # on storage now: a driver that dies later loses none of them
+            # Named by the rows it covers: a task that Ray runs again (its node was lost after it
+            # wrote) rewrites the same part instead of adding a second line for each failure.
+            digest = hashlib.sha1("\n".join(row["path"] for row in rows).encode()).hexdigest()
+            part = self.where.work_path("failures", f"{digest}.jsonl")
+            for wait in (1, 2, 4, 8, 16, 0):  # a store that is briefly away (restarts) must not end the job
+                try:
+                    storage.write_jsonl(self.where.dst_fs, part, failures)
+                    break
+                except OSError:
+                    if not wait:
+                        raise
+                    time.sleep(wait)
+        return counts
+
+    def on_write_complete(self, write_result) -> None:
+        for counts in write_result.write_returns:
+            add_counts(self.totals, counts)
+
+
+def merge_failure_parts(where: Locations) -> int:
+    """Concatenate the write tasks' failure parts into _failures.jsonl, one part at a time (in the
+    order the store lists them). Returns the number of lines."""
+    fs = where.dst_fs
+    lines = 0
+    parts = fs.get_file_info(pafs.FileSelector(where.work_path("failures"), recursive=True, allow_not_found=True))
+    with storage.atomic_output(fs, where.output_path(FAILURES_FILE)) as out:
+        for info in parts:
+            if info.type == pafs.FileType.File:
+                data = storage.read_bytes(fs, info.path)
+                out.write(data)
+                lines += data.count(b"\n")
+    return lines

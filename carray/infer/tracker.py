@@ -1,0 +1,60 @@
+"""The job's shared state: attempts per image, tiles per large image, progress counts (one small actor)."""
+from __future__ import annotations
+
+import uuid
+
+import ray
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class JobTracker:
+    """Counts restoring attempts per image or tile, the restored tiles of each large image (both
+    only while in flight, so their size is bounded by the pool, not the collection), and the
+    write tasks' running totals for the progress line."""
+
+    def __init__(self):
+        self.attempts: dict[str, int] = {}
+        self.tiles: dict[str, set] = {}
+        self.failed_images: set = set()
+        self.totals: dict[str, float] = {}
+
+    def begin(self, keys: list[str]) -> list[int]:
+        """Count a start of each key (a pack, an image or a tile); returns the counts."""
+        for key in keys:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+        return [self.attempts[key] for key in keys]
+
+    def end(self, keys: list[str]) -> None:
+        for key in keys:
+            self.attempts.pop(key, None)
+
+    def tile_done(self, path: str, index: int, total: int) -> bool:
+        """True when every tile of `path` is stored (again True for a retried last write, until
+        :meth:`stitched`)."""
+        done = self.tiles.setdefault(path, set())
+        done.add(index)
+        return len(done) == total and path not in self.failed_images
+
+    def stitched(self, path: str) -> None:
+        self.tiles.pop(path, None)
+
+    def tile_failed(self, path: str) -> bool:
+        """True the first time one of `path`'s tiles fails: the image fails once."""
+        if path in self.failed_images:
+            return False
+        self.failed_images.add(path)
+        return True
+
+    def add(self, counts: dict) -> None:
+        for key, value in counts.items():
+            if isinstance(value, (int, float)):
+                self.totals[key] = self.totals.get(key, 0) + value
+
+    def snapshot(self) -> dict:
+        return dict(self.totals)
+
+
+def start_tracker():
+    """A tracker for one job, named (carray-tracker-…, namespace carray) so an operator finds it in
+    the dashboard. Kill it when the job ends (ray.kill): it lives as long as its driver otherwise."""
+    return JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()

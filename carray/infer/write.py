@@ -1,0 +1,99 @@
+"""Encode and write: one output file per input, atomically, as soon as its pixels are ready.
+
+Restored pixels are encoded in the output format; a passed-through input is written as its own
+bytes; a tile is stored beside its image's other tiles, and the task that stores the last one
+stitches and writes the image.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pyarrow as pa
+import ray
+
+from .. import storage
+from ..images import DecodedImage, encode_image
+from .layout import Locations
+from .memory import release_free_memory
+from .packs import RESULT_TYPES, WHOLE, from_row, to_packs, unpack
+from .sink import tally
+from .tiles import remove_tiles, stitch, store_tile
+
+_RESULT_KEYS = ("path", "output", "error", "skipped", "passed", "node")
+
+
+def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImage] = None) -> dict:
+    """Restored pixels -> output file bytes (`data`); a passed-through row keeps its own bytes.
+    `image`: the pixels when they are not in the row (a stitched large image)."""
+    out = {k: row[k] for k in _RESULT_KEYS}
+    out.update(data=b"", megapixels=0.0)
+    if row["error"] or row["skipped"]:
+        return out
+    if row["passed"]:
+        out["data"] = row["data"]
+        return out
+    try:
+        out["megapixels"] = row["megapixels"] if image is not None else row["height"] * row["width"] / 1e6
+        out["data"] = encode_image(image if image is not None else from_row(row), fmt, quality)
+    except Exception as exc:  # a codec refusing an image must not stop the job
+        out["error"] = f"cannot encode as {fmt}: {exc}"
+    return out
+
+
+def encode_and_write(row: dict, *, fmt: str, quality: int, where: Locations, tracker=None) -> dict:
+    """Encode (or take the passed-through bytes) and write the output file; hands on a small row
+    (no pixels) for the sink's counts."""
+    image = None
+    if row["tile"] != WHOLE and not row["skipped"]:
+        row, image = _store_tile(row, where=where, tracker=tracker)
+        if image is None:
+            return row
+    out = encode_row(row, fmt=fmt, quality=quality, image=image)
+    if not out["error"] and not out["skipped"]:
+        try:
+            storage.write_bytes_atomic(where.dst_fs, where.output_path(out["output"]), out["data"])
+        except OSError as exc:
+            out["error"] = f"cannot write the output: {exc}"
+    out["data"] = b""
+    out["part"] = ""
+    return out
+
+
+def write_pack(table: pa.Table, *, tracker, **kwargs) -> pa.Table:
+    """map_batches stage: :func:`encode_and_write` on every image of the pack, then its counts to
+    the tracker for the progress line (the sink sees the rows only when the run ends)."""
+    results = [encode_and_write(row, tracker=tracker, **kwargs) for pack in unpack(table) for row in pack]
+    counts, _ = tally(results)
+    tracker.add.remote({key: sum(value.values()) if isinstance(value, dict) else value for key, value in counts.items() if key != "nodes"})
+    return to_packs([results], RESULT_TYPES)
+
+
+def _store_tile(row: dict, *, where: Locations, tracker) -> tuple[dict, Optional[DecodedImage]]:
+    """A restored tile -> its tiles folder. Returns (result, None) while the image is incomplete
+    (result `part: tile`) or failed, else (result, the stitched image) for encoding."""
+    result = {k: row[k] for k in _RESULT_KEYS}
+    result.update(part="tile", megapixels=0.0)
+    if row["error"]:  # the image fails once, however many of its tiles failed
+        if ray.get(tracker.tile_failed.remote(row["path"])):
+            result["part"] = ""
+        else:
+            result["error"] = ""
+        return result, None
+    core = from_row(row).pixels
+    result["megapixels"] = core.shape[0] * core.shape[1] / 1e6
+    try:
+        store_tile(where, row["path"], int(row["tile"]), core)
+    except OSError as exc:
+        result["error"] = f"cannot store a restored tile: {exc}"
+        result["part"] = "" if ray.get(tracker.tile_failed.remote(row["path"])) else "tile"
+        return result, None
+    if not ray.get(tracker.tile_done.remote(row["path"], int(row["tile"]), int(row["tiles"]))):
+        return result, None
+    try:
+        whole = stitch(where, row["path"])
+    except (OSError, ValueError, KeyError) as exc:
+        return {**result, "part": "", "error": f"cannot stitch its tiles: {exc}"}, None
+    tracker.stitched.remote(row["path"])
+    remove_tiles(where, row["path"])
+    release_free_memory()
+    return {**result, "part": ""}, whole
