@@ -23,6 +23,9 @@ Cases:
   ceiling     --photos colour JPEGs of 9.4 MP (mosaics of ../shared/data/Urban100, q50) through the job with
               a network that costs nothing (bench/identity.py): MP/s per CPU core of everything else,
               per output --formats; what a GPU node's CPUs can feed its GPU.
+  listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
+              JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the
+              seconds from the job's start to its first output.
   passthrough --passthrough JPEGs at q97 (passed through as their own bytes, decided from the header)
               against copying the folder, and 100 q20 ones restored: images/s of each.
 The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
@@ -46,6 +49,7 @@ import torch
 from PIL import Image
 
 from carray import jpeg
+from carray import config as carray_config
 from carray.config import InferConfig
 from carray.images import decode_image, encode_image
 from carray.infer import run_infer
@@ -60,6 +64,9 @@ from common import BUNDLED as BUNDLED_ROOT  # noqa: E402  (bench/ is on sys.path
 from common import LIVE1_GRAY as BUNDLED  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The job's default output format; the loop encodes the same. (PNG before it had a name: this script
+# also runs against older commits, to measure "before".)
+OUTPUT_FORMAT = getattr(carray_config, "DEFAULT_OUTPUT_FORMAT", "png")
 
 
 def live1_gray() -> list[np.ndarray]:
@@ -98,8 +105,9 @@ def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
 
 
 def plain_loop(folder: Path, model_path: str, threads: int, runtime: str = "torch") -> tuple[float, float]:
-    """(MP/s, images/s) of decode -> model -> PNG encode, one image after the other, no Ray; the
-    network run by PyTorch (a bare loop's natural choice), or by ONNX Runtime with --loop-runtime."""
+    """(MP/s, images/s) of decode -> model -> encode (the job's default output format), one image
+    after the other, no Ray; the network run by PyTorch (a bare loop's natural choice), or by ONNX
+    Runtime with --loop-runtime."""
     torch.set_num_threads(threads)
     model = prepare_model(load_model(model_path)[0], torch.device("cpu"))
     if runtime == "onnxruntime":
@@ -110,7 +118,7 @@ def plain_loop(folder: Path, model_path: str, threads: int, runtime: str = "torc
     for path in paths:
         data = path.read_bytes()
         image = decode_image(data)
-        encode_image(restore_image({"gray": model}, image, quality=jpeg_quality(data)), "png")
+        encode_image(restore_image({"gray": model}, image, quality=jpeg_quality(data)), OUTPUT_FORMAT)
         pixels += image.pixels.shape[0] * image.pixels.shape[1]
     seconds = time.perf_counter() - started
     return pixels / 1e6 / seconds, len(paths) / seconds
@@ -267,7 +275,7 @@ def case_driver(tmp: Path, model_path: str, address: str) -> dict:
             (src / folder / f"{i:06d}.jpg").write_bytes(tiny)
             if i >= 64:
                 (dst / folder).mkdir(parents=True, exist_ok=True)
-                (dst / folder / f"{i:06d}.jpg.png").write_bytes(b"done")
+                (dst / folder / f"{i:06d}.jpg.jpg").write_bytes(b"done")
         summary = job_in_subprocess(src, dst, model_path, address)
         assert summary["seen"] == count and summary["restored"] == 64, summary
         peaks[count] = summary["driver_peak_rss_mb"]
@@ -323,6 +331,80 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str]) -> dict:
     return {"mp_per_s": rates, "mp_per_s_per_core": {k: v / cpus for k, v in rates.items()}, "photos": count}
 
 
+def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
+    """A bucket of `keys` objects on the SeaweedFS server the tests use (tests/support/s3.py), in
+    `folders` folders: one small JPEG first in each folder (64 in all at most), the rest small text
+    files that are listed and counted as skipped. Figures: keys/s of a plain sequential listing (the
+    folder-by-folder walk a driver would do, carray.storage.walk_files), the job's keys/s end to end
+    (listing, planning, skipping and restoring the JPEGs), and the seconds from the job's start to
+    its first output."""
+    import sys as _sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.fs as pafs
+
+    _sys.path.insert(0, str(REPO / "tests"))
+    from support.s3 import SeaweedS3
+
+    from carray import storage
+
+    server = SeaweedS3(tmp / "seaweed")
+    server.start()
+    try:
+        fs = server.filesystem()
+        fs.create_dir("bench")
+        tiny = jpeg.compress(np.full((16, 16), 128, np.uint8), 20)
+        names = [f"src/f{i % folders:04d}/{'a' if i < folders and i < 64 else 'z'}{i:08d}.{'jpg' if i < folders and i < 64 else 'txt'}" for i in range(keys)]
+
+        def put(name: str) -> None:
+            with fs.open_output_stream(f"bench/{name}") as f:
+                f.write(tiny if name.endswith(".jpg") else b"x")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(put, names))
+        print(f"listing: {keys} objects written in {time.perf_counter() - started:.0f} s")
+        started = time.perf_counter()
+        listed = sum(1 for _ in storage.walk_files(fs, "bench/src"))
+        walk_seconds = time.perf_counter() - started
+        assert listed == keys, listed
+
+        first: dict = {}
+        stop = threading.Event()
+
+        def watch(t0: float) -> None:
+            while not stop.is_set():
+                try:
+                    found = fs.get_file_info(pafs.FileSelector("bench/out", recursive=True, allow_not_found=True))
+                    if any(i.type == pafs.FileType.File and "/_" not in i.path for i in found):  # an output, not the work folder
+                        first["seconds"] = time.perf_counter() - t0
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.05)
+
+        for key, value in server.env().items():
+            os.environ[key] = value
+        t0 = time.perf_counter()
+        watcher = threading.Thread(target=watch, args=(t0,), daemon=True)
+        watcher.start()
+        summary = job_in_bucket("s3://bench/src", "s3://bench/out", model_path)
+        stop.set()
+        watcher.join(timeout=5)
+        assert summary["seen"] == keys and summary["restored"] == min(folders, 64), summary
+    finally:
+        server.stop()
+    rates = {"walk": keys / walk_seconds, "job": keys / summary["seconds"]}
+    print(f"listing: {keys} keys in {folders} folders on SeaweedFS: a sequential walk lists {rates['walk']:.0f} keys/s ({walk_seconds:.1f} s); "
+          f"the job {rates['job']:.0f} keys/s end to end ({summary['seconds']:.1f} s, {summary['restored']} restored); "
+          f"first output {first.get('seconds', float('nan')):.1f} s after the job started")
+    return {"keys_per_s": rates, "first_output_seconds": first.get("seconds"), "job_seconds": summary["seconds"]}
+
+
+def job_in_bucket(src: str, dst: str, model_path: str) -> dict:
+    return run_infer(InferConfig(input=src, output=dst, model=model_path), say=lambda line: None)
+
+
 def case_passthrough(tmp: Path, model_path: str, count: int, restored: int) -> dict:
     """`count` JPEGs whose tables say q97 (passed through: their own bytes, decided from the header)
     against copying the same folder (shutil.copytree, one thread), and `restored` q20 JPEGs of the
@@ -347,8 +429,8 @@ def case_passthrough(tmp: Path, model_path: str, count: int, restored: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling"],
-                        choices=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling"])
+    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing"],
+                        choices=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing"])
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
@@ -358,6 +440,8 @@ def main() -> None:
     parser.add_argument("--large-mp", type=float, default=64.0, help="megapixels of the large image")
     parser.add_argument("--tile", type=int, default=512, help="--tile of the job in the large case (its tiles' core side)")
     parser.add_argument("--passthrough", type=int, default=1000, help="q97 JPEGs in the passthrough case")
+    parser.add_argument("--keys", type=int, default=100_000, help="objects in the listing case's bucket")
+    parser.add_argument("--folders", type=int, default=100, help="folders they are spread over in the listing case")
     parser.add_argument("--photos", type=int, default=16, help="9.4 MP colour JPEGs in the ceiling case")
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
     parser.add_argument("--cpus", type=int, default=2)
@@ -393,6 +477,8 @@ def main() -> None:
             results["precision"] = case_precision(tmp, model_path, args.large_mp)
         if "driver" in args.cases:
             results["driver"] = case_driver(tmp, model_path, address)
+        if "listing" in args.cases:
+            results["listing"] = case_listing(tmp, model_path, args.keys, args.folders)
         if "ceiling" in args.cases:
             results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats)
         if "passthrough" in args.cases:

@@ -17,6 +17,9 @@ from .architectures import ARCH_OPTIONS
 from .quality import PASS_THROUGH_FROM
 from .storage import S3Options
 
+#: The infer job's --format: JPEG at q95 with 4:4:4 chroma (docs/benchmarks.md, "Output formats").
+DEFAULT_OUTPUT_FORMAT = "jpeg"
+
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_kwargs):
     """A config field with its command-line help (and extra argparse settings)."""
@@ -292,8 +295,11 @@ _ARCH_OPTIONS = {name for options in ARCH_OPTIONS.values() for name in options}
 class InferConfig(RestoreOptions, ClusterOptions):
     input: str = option(help="Folder or s3://bucket/prefix of JPEGs (any image format; nested folders are kept).")
     output: str = option(
-        help="Folder or s3://bucket/prefix for the restored images: each input's relative path plus the "
-        "format's extension (photo.jpg -> photo.jpg.png), so no two inputs ever share an output."
+        help="Folder or s3://bucket/prefix for the outputs. A restored input is written at its relative path plus "
+        "the format's extension (photo.jpg -> photo.jpg.jpg with the default --format jpeg); an input passed "
+        "through unchanged is its own bytes at its own relative path (photo.jpg -> photo.jpg), unless that "
+        "name looks like a restored output (a.jpg.jpg), which then takes the restored rule (a.jpg.jpg.jpg). "
+        "No two inputs ever share an output, and a re-run recognises both kinds as done."
     )
     manifest: Optional[str] = option(
         None,
@@ -301,8 +307,15 @@ class InferConfig(RestoreOptions, ClusterOptions):
         "CSV or Parquet with a 'key' column, or an S3 Inventory manifest.json (CSV or Parquet parts). "
         "Read by Ray Data in parallel: the way to run on buckets of millions of objects.",
     )
-    format: str = option("png", help="Output format.", choices=tuple(OUTPUT_FORMATS))
-    jpeg_quality: int = option(95, help="Quality of --format jpeg/webp outputs.")
+    format: str = option(
+        DEFAULT_OUTPUT_FORMAT,
+        help="Format of the restored outputs: jpeg (quality --jpeg-quality, 4:4:4 chroma: about 0.03 dB below the "
+        "restored pixels on LIVE1, 2-3x the bytes of a q50 JPEG, encoded at over 100 MP/s per core), png "
+        "(lossless; zlib level 1: 5-10x the bytes, 10-20 MP/s per core) or webp (lossy, --jpeg-quality; "
+        "smallest, slowest). docs/benchmarks.md, 'Output formats', has the table.",
+        choices=tuple(OUTPUT_FORMATS),
+    )
+    jpeg_quality: int = option(95, help="Quality of --format jpeg/webp outputs (95: the encoding costs about 0.03 dB).")
     overwrite: bool = option(False, help="Restore inputs whose output already exists (default: skip them).")
     retry_failed: bool = option(False, help="Restore only the inputs listed in OUTPUT/_failures.jsonl by the last run.")
     include_hidden: bool = option(

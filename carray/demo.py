@@ -38,6 +38,7 @@ def make_jpegs(clean: Path, out: Path, qualities: list[int], mode: str) -> dict[
 
 def report_gain(originals: dict[str, np.ndarray], jpegs: Path, restored: Path) -> None:
     from . import metrics
+    from .config import DEFAULT_OUTPUT_FORMAT
     from .infer import output_name
 
     print(f"\n{'image':22s} {'mode':>5s} {'JPEG PSNR':>10s} {'carray PSNR':>12s} {'gain':>7s}")
@@ -45,7 +46,7 @@ def report_gain(originals: dict[str, np.ndarray], jpegs: Path, restored: Path) -
     for rel, original in originals.items():
         mode = "RGB" if original.ndim == 3 else "L"
         before = metrics.psnr(original, np.asarray(Image.open(jpegs / rel).convert(mode)))
-        after = metrics.psnr(original, np.asarray(Image.open(restored / output_name(rel, "png"))))
+        after = metrics.psnr(original, np.asarray(Image.open(restored / output_name(rel, DEFAULT_OUTPUT_FORMAT))))
         gains.append(after - before)
         print(f"{rel:22s} {mode:>5s} {before:10.2f} {after:12.2f} {after - before:+7.2f}")
     print(f"{'mean gain':22s} {'':5s} {'':10s} {'':12s} {np.mean(gains):+7.2f} dB")

@@ -199,7 +199,7 @@ def test_local_head_is_loopback_only_needs_the_token_and_runs_infer_on_a_bucket(
     assert "3 restored" in submit.stdout
     assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in submit.stdout + submit.stderr
     outputs = sorted(i.path for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{name}/out/d")))
-    assert outputs == [f"{name}/out/d/img{i}.jpg.png" for i in range(3)]
+    assert outputs == [f"{name}/out/d/img{i}.jpg.jpg" for i in range(3)]
 
     # Without the token the job API refuses the submission.
     anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
@@ -235,7 +235,7 @@ def test_multinode_infer_uses_every_node_and_matches_one_node(tmp_path):
     assert summary["actor_nodes"] == 3, "a restoring actor on every node"
     assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "single"), "--model", str(model)]) == 0
     for i in range(24):
-        assert filecmp.cmp(tmp_path / "multi" / f"i{i}.jpg.png", tmp_path / "single" / f"i{i}.jpg.png", shallow=False)
+        assert filecmp.cmp(tmp_path / "multi" / f"i{i}.jpg.jpg", tmp_path / "single" / f"i{i}.jpg.jpg", shallow=False)
 
 
 # --- an autoscaling cluster whose GPU nodes start from zero ---

@@ -53,11 +53,11 @@ def collection(tmp_path_factory, ray_session):
 
 
 def assert_exactly_once(src: Path, dst: Path, reference: Path) -> None:
-    inputs = sorted(p.relative_to(src).as_posix() + ".png" for p in src.rglob("*.jpg"))
-    outputs = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.png"))
+    inputs = sorted(p.relative_to(src).as_posix() + ".jpg" for p in src.rglob("*.jpg"))
+    outputs = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.jpg.jpg"))
     failures = [json.loads(line)["path"] for line in (dst / "_failures.jsonl").read_text().splitlines()]
     assert len(failures) == len(set(failures)) == 1 and failures == ["broken.jpg"]
-    assert sorted(outputs + [f + ".png" for f in failures]) == inputs
+    assert sorted(outputs + [f + ".jpg" for f in failures]) == inputs
     for rel in outputs:
         assert filecmp.cmp(dst / rel, reference / rel, shallow=False), f"{rel} differs from the undisturbed run"
     assert not list(dst.rglob("*.tmp")), "no temporary file is left"
@@ -81,12 +81,12 @@ def test_driver_killed_then_rerun(collection, tmp_path):
     dst = tmp_path / "out"
     args = ["--input", str(src), "--output", str(dst), "--model", str(model)]
     driver = start_job("infer.py", args, tmp_path / "killed.log")
-    wait_for(lambda: count_files(dst, "*.png") >= 3 or driver.poll() is not None, what="the first outputs")
-    written = count_files(dst, "*.png")
+    wait_for(lambda: count_files(dst, "*.jpg.jpg") >= 3 or driver.poll() is not None, what="the first outputs")
+    written = count_files(dst, "*.jpg.jpg")
     kill_process_group(driver)
     assert 0 < written < IMAGES, "killed part-way"
-    for png in dst.rglob("*.png"):  # what is visible is complete
-        Image.open(png).load()
+    for output in dst.rglob("*.jpg.jpg"):  # what is visible is complete
+        Image.open(output).load()
     code, log = run_job("infer.py", args, tmp_path / "rerun.log")
     assert code == 0, log[-3000:]
     # Writes run in Ray's tasks, not in the driver: one in flight when the driver died may still
@@ -117,7 +117,7 @@ def test_bucket_server_restarted_mid_run(collection, s3_server, bucket, tmp_path
 
     def outputs_in_bucket() -> int:
         try:
-            return sum(1 for i in fs.get_file_info(pafs.FileSelector(f"{name}/out", recursive=True, allow_not_found=True)) if i.path.endswith(".png"))
+            return sum(1 for i in fs.get_file_info(pafs.FileSelector(f"{name}/out", recursive=True, allow_not_found=True)) if i.path.endswith(".jpg.jpg"))
         except OSError:
             return 0
 
@@ -281,4 +281,4 @@ def test_an_image_that_kills_its_actor_becomes_one_failure_and_the_rest_is_resto
     assert (summary["restored"], summary["failed"]) == (5, 1), summary
     failures = [json.loads(line) for line in (out / "_failures.jsonl").read_text().splitlines()]
     assert [f["path"] for f in failures] == ["kill-me.jpg"] and "killed while restoring, 2 times" in failures[0]["reason"]
-    assert sorted(p.name for p in out.glob("*.png")) == [f"ok{i}.jpg.png" for i in range(5)]
+    assert sorted(p.name for p in out.glob("*.jpg")) == [f"ok{i}.jpg.jpg" for i in range(5)]

@@ -11,6 +11,8 @@ from PIL import Image
 
 from carray import jpeg
 from carray.cli import main as cli_main
+from carray.config import DEFAULT_OUTPUT_FORMAT
+from carray.images import read_header
 from carray.infer import SKIP_HIDDEN, SKIP_NOT_IMAGE, output_name
 from carray.model import build_model, save_model
 from support.images import DATA, png_bytes, smooth_image
@@ -33,6 +35,7 @@ def jpeg_file(array, **options):
 
 
 PASSED = ("really-a-png.jpg", "alpha.png")  # make_collection's inputs without JPEG tables
+FMT = DEFAULT_OUTPUT_FORMAT  # restored outputs: photo.jpg -> photo.jpg.jpg
 
 
 def make_collection(root):
@@ -75,15 +78,15 @@ def test_folder_with_bad_files_then_rerun_writes_nothing(tmp_path, model_file):
     for rel, (data, size, mode) in good.items():
         if rel in PASSED:  # no JPEG tables: passed through as its own bytes, under its own name
             assert (dst / rel).read_bytes() == data, rel
-            assert not (dst / output_name(rel, "png")).exists()
+            assert not (dst / output_name(rel, FMT)).exists()
             continue
-        with Image.open(dst / output_name(rel, "png")) as out:
+        with Image.open(dst / output_name(rel, FMT)) as out:
             assert (out.size, out.mode) == (size, mode), rel
     failures = {f["path"]: f["reason"] for f in map(json.loads, (dst / "_failures.jsonl").read_text().splitlines())}
     assert set(failures) == set(bad)
     for rel, (_, reason) in bad.items():
         assert reason in failures[rel], (rel, failures[rel])
-    assert not any((dst / output_name(rel, "png")).exists() for rel in bad)
+    assert not any((dst / output_name(rel, FMT)).exists() for rel in bad)
     summary = json.loads((dst / "_summary.json").read_text())
     # The two PNGs have no JPEG tables: passed through, not restored (and not harmed).
     assert (summary["restored"], summary["passed_through"], summary["failed"], summary["skipped"]) == (len(good) - 2, 2, len(bad), 0)
@@ -130,6 +133,11 @@ def test_missing_empty_or_all_bad_input_exits_nonzero(tmp_path, model_file, caps
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli_main(["infer", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o"), "--model", model_file]) == 2
+    (tmp_path / "texts" / "sub").mkdir(parents=True)  # listed by the tasks: no image anywhere is found at the end
+    (tmp_path / "texts" / "sub" / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert cli_main(["infer", "--input", str(tmp_path / "texts"), "--output", str(tmp_path / "o3"), "--model", model_file]) == 2
+    assert "no images found" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"junk")
     assert cli_main(["infer", "--input", str(tmp_path / "bad"), "--output", str(tmp_path / "o2"), "--model", model_file]) == 1
@@ -172,7 +180,7 @@ def test_bucket_to_bucket(s3_server, bucket, tmp_path, model_file, monkeypatch):
         if rel in PASSED:
             assert fs.open_input_stream(f"{name}/out/{rel}").read() == data, rel
             continue
-        with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{output_name(rel, 'png')}").read())) as out:
+        with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{output_name(rel, FMT)}").read())) as out:
             assert (out.size, out.mode) == (size, mode)
     failures = fs.open_input_stream(f"{name}/out/_failures.jsonl").read().decode().splitlines()
     assert {json.loads(line)["path"] for line in failures} == set(bad)
@@ -198,8 +206,11 @@ def test_shipped_models_restore_without_model_option(tmp_path):
     (tmp_path / "in" / "g.jpg").write_bytes(jpeg.compress(smooth_image(40, 48), 10))
     (tmp_path / "in" / "c.jpg").write_bytes(jpeg.compress(smooth_image(40, 48, color=True), 10))
     assert cli_main(["infer", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
-    assert Image.open(tmp_path / "out" / "g.jpg.png").mode == "L"
-    assert Image.open(tmp_path / "out" / "c.jpg.png").mode == "RGB"
+    assert Image.open(tmp_path / "out" / "g.jpg.jpg").mode == "L"
+    assert Image.open(tmp_path / "out" / "c.jpg.jpg").mode == "RGB"
+    # The default output: JPEG at q95 with full-resolution chroma (docs/benchmarks.md, "Output formats").
+    header = read_header((tmp_path / "out" / "c.jpg.jpg").read_bytes())
+    assert (header.format, header.quality, header.subsampling) == ("JPEG", 95, "4:4:4")
 
 
 # --- restoration quality through the job (the shipped models) ---
@@ -231,7 +242,7 @@ def test_shipped_models_bring_every_image_closer_to_its_original(tmp_path, preci
     assert (summary["precision"], summary["runtime"]) == (precision, "onnxruntime")  # fp32 on CPUs too, by default
     for rel, original in originals.items():
         degraded = np.asarray(Image.open(src / rel))
-        restored = np.asarray(Image.open(tmp_path / "out" / output_name(rel, "png")))
+        restored = np.asarray(Image.open(tmp_path / "out" / output_name(rel, FMT)))
         assert restored.shape == original.shape
         gain = metrics.psnr(original, restored) - metrics.psnr(original, degraded)
         assert gain > 0.3, (rel, gain)
@@ -251,7 +262,7 @@ def test_quality_comes_from_the_tables_high_quality_is_not_harmed_and_lossless_p
     (src / "camera-q97.jpg").write_bytes(jpeg.compress(original, 97))
     (src / "lossless.png").write_bytes(png_bytes(original))
     # PyTorch, to compare with restore_pixels bit for bit (ONNX Runtime, the default on CPUs, is within a grey level).
-    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out"), "--runtime", "torch"]) == 0
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out"), "--runtime", "torch", "--format", "png"]) == 0
     out = lambda rel: np.asarray(Image.open(tmp_path / "out" / output_name(rel, "png")))  # noqa: E731
 
     q90 = np.asarray(Image.open(src / "q10-photo.jpg"))
@@ -264,7 +275,7 @@ def test_quality_comes_from_the_tables_high_quality_is_not_harmed_and_lossless_p
     assert summary["restored"] == 1 and summary["passed_through"] == 2
 
     # The override restores everything as if its tables said Q, PNG included.
-    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "forced"), "--quality-override", "10", "--runtime", "torch"]) == 0
+    assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "forced"), "--quality-override", "10", "--runtime", "torch", "--format", "png"]) == 0
     forced = np.asarray(Image.open(tmp_path / "forced" / "lossless.png.png"))
     assert np.array_equal(forced, restore_pixels(model, original, quality=10))
     assert not np.array_equal(forced, original)
@@ -284,14 +295,16 @@ def test_every_input_is_restored_or_counted_with_its_reason(tmp_path, model_file
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     visible = [n for n in names if not n.startswith(".")]
     for rel in visible:
-        assert (tmp_path / "out" / output_name(rel, "png")).is_file(), rel
+        assert (tmp_path / "out" / output_name(rel, FMT)).is_file(), rel
     assert summary["restored"] == len(visible)
     assert summary["skipped_by_reason"] == {SKIP_HIDDEN: 1, SKIP_NOT_IMAGE: 1}
     assert summary["seen"] == len(names) + 1
     assert len(summary["model_sha256"]["gray"]) == 64 and summary["carray_version"]
+    assert summary["gpus"] == 0 and summary["cpus"] == 2
+    assert summary["megapixels_per_second_per_cpu"] == pytest.approx(summary["megapixels"] / summary["seconds"] / 2, rel=0.01)
     # Hidden folders on request.
     assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "all"), "--model", model_file, "--include-hidden"]) == 0
-    assert (tmp_path / "all" / ".thumbs" / "a.jpg.png").is_file()
+    assert (tmp_path / "all" / ".thumbs" / "a.jpg.jpg").is_file()
 
 
 @pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
@@ -312,7 +325,7 @@ def test_manifest_restores_exactly_its_keys(tmp_path, model_file, kind):
 
         pq.write_table(pa.table({"key": keys}), manifest)
     assert cli_main(["infer", "--input", str(src), "--output", str(tmp_path / "out"), "--model", model_file, "--manifest", str(manifest)]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["k1.jpg.png", "k3.jpg.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == ["k1.jpg.jpg", "k3.jpg.jpg"]
 
 
 def test_retry_failed_runs_only_the_last_failures(tmp_path, model_file):
@@ -327,7 +340,7 @@ def test_retry_failed_runs_only_the_last_failures(tmp_path, model_file):
     assert cli_main(["infer", "--input", str(src), "--output", str(dst), "--model", model_file, "--retry-failed"]) == 0
     summary = json.loads((dst / "_summary.json").read_text())
     assert (summary["restored"], summary["failed"], summary["seen"]) == (1, 0, 1)
-    assert (dst / "late.jpg.png").is_file() and not (dst / "new.jpg.png").exists()
+    assert (dst / "late.jpg.jpg").is_file() and not (dst / "new.jpg.jpg").exists()
 
 
 @pytest.mark.s3
@@ -354,8 +367,8 @@ def test_s3_inventory_manifest(s3_server, bucket, tmp_path, model_file, monkeypa
     args = ["infer", "--input", f"s3://{name}/photos", "--output", f"s3://{name}/out", "--model", model_file,
             "--manifest", f"s3://{name}/inventory/src/cfg/2026-11-25T00-00Z/manifest.json"]
     assert cli_main(args) == 0
-    written = sorted(i.path for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{name}/out", recursive=True)) if i.path.endswith(".png"))
-    assert written == [f"{name}/out/a b.jpg.png", f"{name}/out/sub/c.jpg.png"]
+    written = sorted(i.path for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(f"{name}/out", recursive=True)) if i.path.endswith(".jpg"))
+    assert written == [f"{name}/out/a b.jpg.jpg", f"{name}/out/sub/c.jpg.jpg"]
 
 
 def test_large_images_are_cut_into_tiles_and_stitched_exactly(tmp_path, model_file):
@@ -376,7 +389,7 @@ def test_large_images_are_cut_into_tiles_and_stitched_exactly(tmp_path, model_fi
         (tmp_path / "in" / name).write_bytes(data)
     out = tmp_path / "out"
     args = ["infer", "--input", str(tmp_path / "in"), "--output", str(out), "--model", model_file,
-            "--split-above", "0.02", "--tile", "64", "--quality-override", "20", "--tile-batch", "3", "--runtime", "torch"]
+            "--split-above", "0.02", "--tile", "64", "--quality-override", "20", "--tile-batch", "3", "--runtime", "torch", "--format", "png"]
     assert cli_main(args) == 0
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["restored"] == 3 and summary["failed"] == 0
@@ -411,7 +424,7 @@ def test_passed_through_inputs_are_their_own_bytes_and_a_mixed_pack_writes_each_
     exif[0x010F] = "carray-test-camera"  # Make
     exif[0x0112] = 6  # rotated: a passed-through file keeps its orientation tag as it was
     passed = {"camera-q97.jpg": dict(format="JPEG", quality=97), "sub/lossless.png": dict(format="PNG"),
-              "looks-restored.jpg.png": dict(format="PNG")}  # its own name is a restored output's name
+              "looks-restored.jpg.jpg": dict(format="PNG")}  # its own name is a restored output's name
     for rel, options in passed.items():
         img.save(src / rel, icc_profile=icc, exif=exif.tobytes(), **options)
     restored = [f"r{i}.jpg" for i in range(5)] + ["sub/r5.jpg", "looks-restored.jpg"]
@@ -419,12 +432,12 @@ def test_passed_through_inputs_are_their_own_bytes_and_a_mixed_pack_writes_each_
         (src / rel).write_bytes(jpeg.compress(smooth_image(48, 64, seed=i), 20))
     assert cli_main(["infer", "--input", str(src), "--output", str(dst), "--model", model_file]) == 0
 
-    expected = {"camera-q97.jpg", "sub/lossless.png", "looks-restored.jpg.png.png"} | {output_name(r, "png") for r in restored}
+    expected = {"camera-q97.jpg", "sub/lossless.png", "looks-restored.jpg.jpg.jpg"} | {output_name(r, FMT) for r in restored}
     written = {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file() and not p.name.startswith("_")}
     assert written == expected, "each input written once, under its own name or the restored one"
     for rel in ("camera-q97.jpg", "sub/lossless.png"):
         assert (dst / rel).read_bytes() == (src / rel).read_bytes(), rel
-    assert (dst / "looks-restored.jpg.png.png").read_bytes() == (src / "looks-restored.jpg.png").read_bytes()
+    assert (dst / "looks-restored.jpg.jpg.jpg").read_bytes() == (src / "looks-restored.jpg.jpg").read_bytes()
     with Image.open(dst / "camera-q97.jpg") as out:
         assert out.info.get("icc_profile") == icc and out.getexif().get(0x0112) == 6
     summary = json.loads((dst / "_summary.json").read_text())

@@ -11,9 +11,9 @@ import ray
 from .. import storage
 from ..images import IMAGE_EXTENSIONS
 from .decode import decode_packs
-from .keys import KEY_CHUNK, failures_as_manifest, keys_dataset, list_into_parts, read_manifest
+from .keys import KEY_CHUNK, failures_as_manifest, listing_dataset, read_manifest
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
-from .plan import plan_keys
+from .plan import SKIP_HIDDEN, SKIP_NOT_IMAGE, plan_keys
 from .report import ProgressPrinter, build_summary
 from .resources import PLAN_CPUS, READ_CPUS
 from .restorer import GPU_TILE_BATCH, Restorer
@@ -28,12 +28,12 @@ if TYPE_CHECKING:  # the stages run in task processes that need not import torch
 @dataclass
 class KeySource:
     """Where this run's keys come from: a Dataset of packs of keys, how many (None: not known
-    before the run, a manifest), what the listing skipped, and whether existing outputs count."""
+    before the run: a listing in progress, a manifest), and whether existing outputs count."""
 
     keys: "ray.data.Dataset"
     total: Optional[int]
-    listed_skips: dict
     overwrite: bool
+    listed: bool = False  # the input is being listed: the progress line says how many keys so far
 
 
 def run_infer(cfg: "InferConfig", say=print) -> dict:
@@ -57,12 +57,18 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     # which a 1-CPU node beside a half-CPU actor never has.)
     context = ray.data.DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 1
+    tracker = start_tracker()
     try:
-        source = key_source(cfg, where, say)
-        totals, networks = restore_all(cfg, where, files, source, say)
+        source = key_source(cfg, where, tracker, say)
+        totals, networks = restore_all(cfg, where, files, source, tracker, say)
     finally:  # the context belongs to the process: a later job here gets its own default back
         context.target_max_block_size = block_size
-    return finish(cfg, where, files, source, totals, networks, time.time() - started)
+        # The tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job.
+        ray.kill(tracker)
+    summary = finish(cfg, where, files, totals, networks, time.time() - started)
+    if source.listed and not summary["seen"] - summary["skipped_by_reason"].get(SKIP_NOT_IMAGE, 0) - summary["skipped_by_reason"].get(SKIP_HIDDEN, 0):
+        raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return summary
 
 
 def prepare_output(cfg: "InferConfig", where: Locations) -> None:
@@ -73,43 +79,37 @@ def prepare_output(cfg: "InferConfig", where: Locations) -> None:
         storage.delete_dir_if_exists(where.dst_fs, where.work_path(stale))
 
 
-def key_source(cfg: "InferConfig", where: Locations, say) -> KeySource:
-    """--retry-failed: the last run's failures; --manifest: its keys; else the input, listed."""
+def key_source(cfg: "InferConfig", where: Locations, tracker, say) -> KeySource:
+    """--retry-failed: the last run's failures; --manifest: its keys; else the input, listed by
+    parallel tasks while the rest of the pipeline already restores."""
     if cfg.retry_failed:
         keys = failures_as_manifest(where)
         if keys is None:
             raise storage.StorageError(f"--retry-failed: {cfg.output}/{FAILURES_FILE} does not exist (no earlier run)")
         packs = [{"key": keys[i : i + KEY_CHUNK]} for i in range(0, len(keys), KEY_CHUNK)]
         say(f"carray: retrying the {len(keys)} inputs of the last {FAILURES_FILE}")
-        return KeySource(ray.data.from_items(packs, override_num_blocks=max(1, len(packs))), len(keys), {}, overwrite=True)
+        return KeySource(ray.data.from_items(packs, override_num_blocks=max(1, len(packs))), len(keys), overwrite=True)
     if cfg.manifest:
         say(f"carray: keys from the manifest {cfg.manifest}")
-        return KeySource(read_manifest(cfg.manifest, cfg.s3(), where.src_root), None, {}, cfg.overwrite)
-    parts, total, skips = list_into_parts(where, where.work_path("listing"), cfg.include_hidden, say)
-    say(f"carray: listed {total} images in {cfg.input}" + "".join(f"; {n} skipped: {r}" for r, n in skips.items()))
-    if not total:
-        raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return KeySource(keys_dataset(parts, where.dst_fs, "parquet"), total, skips, cfg.overwrite)
+        return KeySource(read_manifest(cfg.manifest, cfg.s3(), where.src_root), None, cfg.overwrite)
+    say(f"carray: listing {cfg.input} in parallel tasks (one per top-level folder); restoring starts with the first keys")
+    return KeySource(listing_dataset(where, tracker), None, cfg.overwrite, listed=True)
 
 
-def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, say) -> tuple[dict, dict]:
+def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, tracker, say) -> tuple[dict, dict]:
     """Run the pipeline to its sink. Returns (the sink's counts, how the networks ran)."""
     from ..quantize import RUNTIME_NAMES, plan_networks
     from ..runtime import plan_pool
 
-    tracker = start_tracker()
-    try:
-        pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
-        precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
-        say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
-        networks = {"precision": precision, "runtime": runtime, "onnx": onnx, "actors": pool.actors,
-                    "gpus": round(pool.actors * pool.gpus, 3), "cpus": ray.cluster_resources().get("CPU", 0)}
-        ds = build_pipeline(cfg, where, files, source, pool, networks, tracker)
-        sink = ImageSink(where)
-        with ProgressPrinter(tracker, source.total, say):
-            ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
-    finally:  # the tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job
-        ray.kill(tracker)
+    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
+    precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
+    say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
+    networks = {"precision": precision, "runtime": runtime, "onnx": onnx, "actors": pool.actors,
+                "gpus": round(pool.actors * pool.gpus, 3), "cpus": ray.cluster_resources().get("CPU", 0)}
+    ds = build_pipeline(cfg, where, files, source, pool, networks, tracker)
+    sink = ImageSink(where)
+    with ProgressPrinter(tracker, source.total, say):
+        ds.write_datasink(sink, ray_remote_args=PLAN_CPUS)  # Ray's default, a whole CPU, waits for the actors to finish
     networks.pop("onnx")
     return sink.totals, networks
 
@@ -155,10 +155,10 @@ def restore_margin(files: dict[str, bytes]) -> int:
     return max(tile_margin(load_model_bytes(data, kind)[0]) for kind, data in files.items())
 
 
-def finish(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, totals: dict, networks: dict, seconds: float) -> dict:
+def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, networks: dict, seconds: float) -> dict:
     """Failure lines merged, the work folder removed, the summary written."""
     failed = merge_failure_parts(where)
     storage.delete_dir_if_exists(where.dst_fs, where.work_path())
-    summary = build_summary(cfg, totals, source.listed_skips, failed, seconds, networks, files)
+    summary = build_summary(cfg, totals, failed, seconds, networks, files)
     storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)
     return summary

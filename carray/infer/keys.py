@@ -1,63 +1,90 @@
-"""Where the keys come from: the input listed into Parquet parts, a manifest, or the last run's failures.
+"""Where the keys come from: the input listed by parallel tasks, a manifest, or the last run's failures.
 
-Nothing here holds a collection's keys in the driver's memory: listings are written as parts of
-LISTING_PART_ROWS keys, and key files are read by Ray Data tasks in packs of KEY_CHUNK keys.
+Nothing here holds a collection's keys in the driver's memory: the input is listed by Ray Data tasks,
+one per top-level folder, that hand packs of KEY_CHUNK keys to the pipeline as they walk (restoring
+starts with the first pack, not after the last LIST), and key files are read by tasks the same way.
 """
 from __future__ import annotations
 
 import io
 import json
-import time
+import os
+import posixpath
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
 from .. import storage
 from .layout import FAILURES_FILE, Locations
 from .packs import PACK_KEYS
-from .plan import skip_reason
-from .report import PROGRESS_EVERY_S
 from .resources import PLAN_CPUS
 
-LISTING_PART_ROWS = 100_000  # keys per Parquet part of a listing: bounds the driver's memory
 # Keys per pack when reading key files: each pack is a row and a block of its own (the run sets a
 # tiny target block size), the unit Ray Data hands to one task or actor call.
 KEY_CHUNK = PACK_KEYS
 
 
-def list_into_parts(where: Locations, listing_root: str, include_hidden: bool, say=print) -> tuple[list[str], int, dict]:
-    """Walk the input one folder at a time and write the keys to restore as Parquet parts of
-    LISTING_PART_ROWS keys: the driver never holds the whole listing. Returns (part paths,
-    keys written, {skip reason: count} for what was listed but not written)."""
-    storage.delete_dir_if_exists(where.dst_fs, listing_root)
-    parts, batch, written, skipped = [], [], 0, {}
-    last_said = time.monotonic()
+def listing_items(where: Locations) -> list[dict]:
+    """What the listing tasks walk, decided by one listing of the input's top level: the files
+    there (one item) and each folder below it (an item each, walked whole by one task). Raises
+    StorageError when the input does not exist, is a file, or is empty."""
+    info = where.src_fs.get_file_info(where.src_root)
+    if info.type == pafs.FileType.NotFound:
+        raise storage.StorageError(f"{where.src_root}: does not exist")
+    if info.type == pafs.FileType.File:
+        raise storage.StorageError(f"{where.src_root}: is a file; give the folder or prefix that holds the images")
+    entries = where.src_fs.get_file_info(pafs.FileSelector(where.src_root, recursive=False))
+    base = where.src_root.replace(os.sep, "/").rstrip("/")
+    folders = sorted(posixpath.relpath(e.path.replace(os.sep, "/"), base) for e in entries if e.type == pafs.FileType.Directory)
+    if not entries:
+        raise storage.StorageError(f"{where.src_root}: is empty")
+    return [{"folder": "", "recursive": False}] + [{"folder": f, "recursive": True} for f in folders]
 
-    def flush():
-        nonlocal batch
-        path = storage.join(listing_root, f"part-{len(parts):06d}.parquet")
-        with storage.atomic_output(where.dst_fs, path) as stream:
-            pq.write_table(pa.table({"key": pa.array(batch, pa.string())}), stream)
-        parts.append(path)
-        batch = []
 
-    for rel, _size in storage.walk_files(where.src_fs, where.src_root):
-        reason = skip_reason(rel, include_hidden)
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        batch.append(rel)
-        written += 1
-        if len(batch) >= LISTING_PART_ROWS:
-            flush()
-        if time.monotonic() - last_said > PROGRESS_EVERY_S:
-            say(f"carray: listed {written} images so far ({sum(skipped.values())} other files)")
-            last_said = time.monotonic()
-    if batch:
-        flush()
-    return parts, written, skipped
+def list_keys(batch: dict, *, where: Locations, tracker=None):
+    """map_batches generator: each listing item of the batch -> packs of KEY_CHUNK keys (relative to
+    the input), yielded as the walk goes, so restoring starts while the rest is still being listed.
+    The walk goes one folder level at a time (S3: a LIST with a delimiter per prefix); `tracker`
+    counts the keys listed, for the progress line."""
+    for folder, recursive in zip(batch["folder"], batch["recursive"]):
+        chunk = []
+        for rel in _walk(where, str(folder), bool(recursive)):
+            chunk.append(rel)
+            if len(chunk) >= KEY_CHUNK:
+                yield _counted(key_pack(chunk), tracker)
+                chunk = []
+        if chunk:
+            yield _counted(key_pack(chunk), tracker)
+
+
+def _counted(pack: pa.Table, tracker) -> pa.Table:
+    if tracker is not None:
+        tracker.add.remote({"listed": len(pack.column("key")[0])})
+    return pack
+
+
+def _walk(where: Locations, folder: str, recursive: bool):
+    """Relative paths of the files in `folder` (the input's top level when ""), below it too when recursive."""
+    root = storage.join(where.src_root, folder) if folder else where.src_root
+    if recursive:
+        for rel, _size in storage.walk_files(where.src_fs, root):
+            yield f"{folder}/{rel}"
+        return
+    entries = where.src_fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    base = root.replace(os.sep, "/").rstrip("/")
+    for entry in sorted(entries, key=lambda e: e.path):
+        if entry.type == pafs.FileType.File:
+            yield posixpath.relpath(entry.path.replace(os.sep, "/"), base)
+
+
+def listing_dataset(where: Locations, tracker=None):
+    """The input listed by parallel tasks, one per top-level folder, streamed into the pipeline."""
+    items = listing_items(where)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(list_keys, batch_size=1, fn_kwargs=dict(where=where, tracker=tracker), **PLAN_CPUS)
 
 
 def key_pack(keys: list[str]) -> pa.Table:

@@ -29,7 +29,8 @@ class ProgressPrinter:
         seconds = max(time.monotonic() - self.started, 1e-6)
         done = int(t.get("restored", 0) + t.get("passed", 0) + t.get("skipped", 0) + t.get("failed", 0))
         rate = done / seconds
-        of = f"{done}/{self.total}" if self.total is not None else f"{done} (total not known yet)"
+        listed = int(t.get("listed", 0))
+        of = f"{done}/{self.total}" if self.total is not None else f"{done} of {listed} listed so far" if listed else f"{done} (total not known yet)"
         eta = f", ETA {(self.total - done) / rate / 60:.1f} min" if self.total and rate > 0 else ""
         return (
             f"carray: {of} done | {t.get('megapixels', 0) / seconds:.2f} MP/s, {t.get('restored', 0) / seconds:.1f} images/s | "
@@ -67,12 +68,10 @@ def driver_peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: float, networks: dict, files: dict) -> dict:
+def build_summary(cfg, totals: dict, failed: int, seconds: float, networks: dict, files: dict) -> dict:
     """The dict written to _summary.json. `totals`: the sink's counts; `networks`: {"precision",
-    "runtime", "gpus", "cpus"} the restoring pool ran with."""
+    "runtime", "actors", "gpus", "cpus"} the restoring pool ran with."""
     skipped = dict(totals["skipped"])
-    for reason, n in listed_skips.items():
-        skipped[reason] = skipped.get(reason, 0) + n
     passed = totals["passed"]
     megapixels = totals["megapixels"]
     rate = megapixels / seconds
@@ -81,13 +80,13 @@ def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: f
         "seen": totals["restored"] + sum(passed.values()) + sum(skipped.values()) + failed,
         "restored": totals["restored"], "passed_through": sum(passed.values()), "passed_through_by_reason": passed,
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
-        "megapixels": round(megapixels, 3), "seconds": round(seconds, 2),
-        "megapixels_per_second": round(rate, 3), "images_per_second": round(totals["restored"] / seconds, 2),
+        "megapixels": round(megapixels, 6), "seconds": round(seconds, 2),
+        "megapixels_per_second": round(rate, 6), "images_per_second": round(totals["restored"] / seconds, 2),
         "nodes": len(totals["nodes"]), "precision": networks["precision"], "runtime": networks["runtime"],
         # The user's units for cost: the job's rate per GPU it restored on, or per CPU of the cluster.
         "restoring_actors": networks["actors"], "gpus": networks["gpus"], "cpus": networks["cpus"],
-        "megapixels_per_second_per_gpu": round(rate / networks["gpus"], 3) if networks["gpus"] else None,
-        "megapixels_per_second_per_cpu": round(rate / networks["cpus"], 3) if networks["cpus"] else None,
+        "megapixels_per_second_per_gpu": round(rate / networks["gpus"], 6) if networks["gpus"] else None,
+        "megapixels_per_second_per_cpu": round(rate / networks["cpus"], 6) if networks["cpus"] else None,
         "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),
     }

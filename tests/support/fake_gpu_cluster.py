@@ -87,7 +87,7 @@ def main() -> None:
     )
     result = {}
     result["infer_rc"] = _job(["jobs/infer.py", "--input", str(images), "--output", str(work / "restored"), "--gpu"], env, work / "infer.log")
-    result["restored"] = len(list((work / "restored").glob("*.png")))
+    result["restored"] = len(list((work / "restored").glob("*.jpg.jpg")))
     result["infer_log"] = (work / "infer.log").read_text(errors="replace")
     result["actors"] = _restorer_actors()
     result["train_rc"] = _job(

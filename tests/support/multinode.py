@@ -47,11 +47,11 @@ def main() -> None:
     removed = {}
 
     def remove_when_started():
-        while not removed and len(list(Path(args.dst).rglob("*.png"))) < args.remove_worker_after:
+        while not removed and len(list(Path(args.dst).rglob("*.jpg.jpg"))) < args.remove_worker_after:
             time.sleep(0.05)
         if not removed:
             cluster.remove_node(workers[-1], allow_graceful=False)
-            removed["after"] = len(list(Path(args.dst).rglob("*.png")))
+            removed["after"] = len(list(Path(args.dst).rglob("*.jpg.jpg")))
 
     if args.remove_worker_after:
         threading.Thread(target=remove_when_started, daemon=True).start()
