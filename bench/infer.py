@@ -460,7 +460,8 @@ def main() -> None:
         tmp = Path(tmp)
         # As the job's own private Ray and cluster/local.sh start it (carray.runtime.SYSTEM_CONFIG).
         # Every worker knows the bench-only identity network (the ceiling case's model file).
-        hook = {"worker_process_setup_hook": "identity.install", "env_vars": {"PYTHONPATH": str(REPO / "bench")}}
+        path = os.pathsep.join(p for p in (str(REPO / "bench"), os.environ.get("PYTHONPATH", "")) if p)
+        hook = {"worker_process_setup_hook": "identity.install", "env_vars": {"PYTHONPATH": path}}
         context = ray.init(num_cpus=args.cpus, logging_level="ERROR", include_dashboard=False, _system_config=SYSTEM_CONFIG, runtime_env=hook)
         ray.data.DataContext.get_current().enable_progress_bars = False
         address = context.address_info["gcs_address"]
