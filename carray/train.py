@@ -62,7 +62,10 @@ def psnr_per_patch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def learning_rate(cfg_lr: float, schedule: str, step: int, steps: int) -> float:
+def learning_rate(cfg_lr: float, schedule: str, step: int, steps: int, warmup: int = 0) -> float:
+    """The learning rate at `step`: the schedule's, times a linear warm-up over the first `warmup` steps."""
+    if step < warmup:
+        return learning_rate(cfg_lr, schedule, step, steps) * (step + 1) / warmup
     if schedule == "cosine":
         floor = 0.01 * cfg_lr
         return floor + 0.5 * (cfg_lr - floor) * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
@@ -219,7 +222,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 x, y = augment(x, y, generator)
             x, y, q = x.to(device), y.to(device), q.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps)
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
             out = model(x, q)
             loss = F.mse_loss(out, y)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)

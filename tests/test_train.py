@@ -190,3 +190,11 @@ def test_a_resumed_optimizer_keeps_its_state_on_the_models_device():
     moments = [value for state in resumed.state.values() for key, value in state.items() if key != "step"]
     assert moments and all(m.device.type == "meta" for m in moments)
     assert resumed.param_groups[0]["lr"] == 1e-3
+
+
+def test_warmup_raises_the_learning_rate_linearly_then_follows_the_schedule():
+    from carray.train import learning_rate
+
+    assert learning_rate(1e-3, "cosine", 0, 100, warmup=10) == pytest.approx(learning_rate(1e-3, "cosine", 0, 100) / 10)
+    assert learning_rate(1e-3, "cosine", 9, 100, warmup=10) == pytest.approx(learning_rate(1e-3, "cosine", 9, 100))
+    assert learning_rate(1e-3, "constant", 50, 100, warmup=10) == 1e-3
