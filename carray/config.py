@@ -17,7 +17,7 @@ from .architectures import ARCH_OPTIONS
 from .quality import PASS_THROUGH_FROM
 from .storage import S3Options
 
-#: The infer job's --format: JPEG at q95 with 4:4:4 chroma (docs/benchmarks.md, "Output formats").
+#: The infer job's --format: JPEG at q98 with 4:4:4 chroma (docs/benchmarks.md, "Output formats").
 DEFAULT_OUTPUT_FORMAT = "jpeg"
 
 
@@ -315,13 +315,15 @@ class InferConfig(RestoreOptions, ClusterOptions):
     )
     format: str = option(
         DEFAULT_OUTPUT_FORMAT,
-        help="Format of the restored outputs: jpeg (quality --jpeg-quality, 4:4:4 chroma: about 0.03 dB below the "
-        "restored pixels on LIVE1, 2-3x the bytes of a q50 JPEG, encoded at over 100 MP/s per core), png "
-        "(lossless; zlib level 1: 5-10x the bytes, 10-20 MP/s per core) or webp (lossy, --jpeg-quality; "
-        "smallest, slowest). docs/benchmarks.md, 'Output formats', has the table.",
+        help="Format of the restored outputs: jpeg (at --jpeg-quality with 4:4:4 chroma: on LIVE1 q10-q50 about "
+        "0.03-0.05 dB below the restored pixels, 3.3-4.5x the bytes of a q50 JPEG, encoded at 160-490 MP/s per "
+        "core), png (lossless; zlib level 1: 4.8-11.6x the bytes, 16-50 MP/s per core) or webp (lossy, "
+        "--jpeg-quality; slow). docs/benchmarks.md, 'Output formats', has the table.",
         choices=tuple(OUTPUT_FORMATS),
     )
-    jpeg_quality: int = option(95, help="Quality of --format jpeg/webp outputs (95: the encoding costs about 0.03 dB).")
+    jpeg_quality: int = option(
+        98, help="Quality of --format jpeg/webp outputs. 98 costs 0.03-0.05 dB on LIVE1; 95 costs 0.10 dB for 25-30 %% fewer bytes."
+    )
     overwrite: bool = option(False, help="Restore inputs whose output already exists (default: skip them).")
     retry_failed: bool = option(False, help="Restore only the inputs listed in OUTPUT/_failures.jsonl by the last run.")
     include_hidden: bool = option(

@@ -208,9 +208,9 @@ def test_shipped_models_restore_without_model_option(tmp_path):
     assert cli_main(["infer", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
     assert Image.open(tmp_path / "out" / "g.jpg.jpg").mode == "L"
     assert Image.open(tmp_path / "out" / "c.jpg.jpg").mode == "RGB"
-    # The default output: JPEG at q95 with full-resolution chroma (docs/benchmarks.md, "Output formats").
+    # The default output: JPEG at q98 with full-resolution chroma (docs/benchmarks.md, "Output formats").
     header = read_header((tmp_path / "out" / "c.jpg.jpg").read_bytes())
-    assert (header.format, header.quality, header.subsampling) == ("JPEG", 95, "4:4:4")
+    assert (header.format, header.quality, header.subsampling) == ("JPEG", 98, "4:4:4")
 
 
 # --- restoration quality through the job (the shipped models) ---

@@ -13,7 +13,7 @@ from ..images import IMAGE_EXTENSIONS
 from .decode import decode_packs
 from .keys import KEY_CHUNK, failures_as_manifest, listing_dataset, read_manifest
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
-from .plan import SKIP_HIDDEN, SKIP_NOT_IMAGE, plan_keys
+from .plan import plan_keys
 from .report import ProgressPrinter, build_summary
 from .resources import PLAN_CPUS, READ_CPUS
 from .restorer import GPU_TILE_BATCH, Restorer
@@ -61,12 +61,13 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     try:
         source = key_source(cfg, where, tracker, say)
         totals, networks = restore_all(cfg, where, files, source, tracker, say)
+        listed_skips = ray.get(tracker.listing_skips.remote())
     finally:  # the context belongs to the process: a later job here gets its own default back
         context.target_max_block_size = block_size
         # The tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job.
         ray.kill(tracker)
-    summary = finish(cfg, where, files, totals, networks, time.time() - started)
-    if source.listed and not summary["seen"] - summary["skipped_by_reason"].get(SKIP_NOT_IMAGE, 0) - summary["skipped_by_reason"].get(SKIP_HIDDEN, 0):
+    summary = finish(cfg, where, files, totals, listed_skips, networks, time.time() - started)
+    if source.listed and summary["seen"] == sum(listed_skips.values()):  # the listing handed on no key at all
         raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return summary
 
@@ -93,7 +94,7 @@ def key_source(cfg: "InferConfig", where: Locations, tracker, say) -> KeySource:
         say(f"carray: keys from the manifest {cfg.manifest}")
         return KeySource(read_manifest(cfg.manifest, cfg.s3(), where.src_root), None, cfg.overwrite)
     say(f"carray: listing {cfg.input} in parallel tasks (one per top-level folder); restoring starts with the first keys")
-    return KeySource(listing_dataset(where, tracker), None, cfg.overwrite, listed=True)
+    return KeySource(listing_dataset(where, cfg.include_hidden, tracker), None, cfg.overwrite, listed=True)
 
 
 def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, tracker, say) -> tuple[dict, dict]:
@@ -155,10 +156,10 @@ def restore_margin(files: dict[str, bytes]) -> int:
     return max(tile_margin(load_model_bytes(data, kind)[0]) for kind, data in files.items())
 
 
-def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, networks: dict, seconds: float) -> dict:
+def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, listed_skips: dict, networks: dict, seconds: float) -> dict:
     """Failure lines merged, the work folder removed, the summary written."""
     failed = merge_failure_parts(where)
     storage.delete_dir_if_exists(where.dst_fs, where.work_path())
-    summary = build_summary(cfg, totals, failed, seconds, networks, files)
+    summary = build_summary(cfg, totals, listed_skips, failed, seconds, networks, files)
     storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)
     return summary

@@ -20,11 +20,13 @@ import ray
 from .. import storage
 from .layout import FAILURES_FILE, Locations
 from .packs import PACK_KEYS
+from .plan import skip_reason
 from .resources import PLAN_CPUS
 
 # Keys per pack when reading key files: each pack is a row and a block of its own (the run sets a
 # tiny target block size), the unit Ray Data hands to one task or actor call.
 KEY_CHUNK = PACK_KEYS
+LISTING_TASKS = 4  # listing tasks in flight at once (see listing_dataset)
 
 
 def listing_items(where: Locations) -> list[dict]:
@@ -44,26 +46,29 @@ def listing_items(where: Locations) -> list[dict]:
     return [{"folder": "", "recursive": False}] + [{"folder": f, "recursive": True} for f in folders]
 
 
-def list_keys(batch: dict, *, where: Locations, tracker=None):
-    """map_batches generator: each listing item of the batch -> packs of KEY_CHUNK keys (relative to
-    the input), yielded as the walk goes, so restoring starts while the rest is still being listed.
-    The walk goes one folder level at a time (S3: a LIST with a delimiter per prefix); `tracker`
-    counts the keys listed, for the progress line."""
+def list_keys(batch: dict, *, where: Locations, include_hidden: bool, tracker):
+    """map_batches generator: each listing item of the batch -> packs of KEY_CHUNK keys to restore
+    (relative to the input), yielded as the walk goes, so restoring starts while the rest is still
+    being listed. The walk goes one folder level at a time (S3: a LIST with a delimiter per prefix).
+    Keys that are not candidates (hidden, not an image: :func:`skip_reason`) are only counted, by
+    reason, in the tracker: a bucket of logs and thumbnails costs its listing, not a pipeline row each."""
     for folder, recursive in zip(batch["folder"], batch["recursive"]):
-        chunk = []
-        for rel in _walk(where, str(folder), bool(recursive)):
+        folder, chunk, handed, skipped = str(folder), [], 0, {}
+        for rel in _walk(where, folder, bool(recursive)):
+            reason = skip_reason(rel, include_hidden)
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
             chunk.append(rel)
             if len(chunk) >= KEY_CHUNK:
-                yield _counted(key_pack(chunk), tracker)
+                handed += len(chunk)
+                tracker.listed.remote(folder, handed, skipped)
+                yield key_pack(chunk)
                 chunk = []
+        handed += len(chunk)
+        tracker.listed.remote(folder, handed, skipped)
         if chunk:
-            yield _counted(key_pack(chunk), tracker)
-
-
-def _counted(pack: pa.Table, tracker) -> pa.Table:
-    if tracker is not None:
-        tracker.add.remote({"listed": len(pack.column("key")[0])})
-    return pack
+            yield key_pack(chunk)
 
 
 def _walk(where: Locations, folder: str, recursive: bool):
@@ -80,11 +85,14 @@ def _walk(where: Locations, folder: str, recursive: bool):
             yield posixpath.relpath(entry.path.replace(os.sep, "/"), base)
 
 
-def listing_dataset(where: Locations, tracker=None):
+def listing_dataset(where: Locations, include_hidden: bool, tracker):
     """The input listed by parallel tasks, one per top-level folder, streamed into the pipeline."""
     items = listing_items(where)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(list_keys, batch_size=1, fn_kwargs=dict(where=where, tracker=tracker), **PLAN_CPUS)
+    # A few listing tasks at a time: each holds a CPU share while its walk waits on storage; more
+    # would only start worker processes that compete with the actors starting beside them.
+    return ds.map_batches(list_keys, batch_size=1, fn_kwargs=dict(where=where, include_hidden=include_hidden, tracker=tracker),
+                          compute=ray.data.TaskPoolStrategy(size=LISTING_TASKS), **PLAN_CPUS)
 
 
 def key_pack(keys: list[str]) -> pa.Table:

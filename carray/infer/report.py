@@ -68,10 +68,13 @@ def driver_peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_summary(cfg, totals: dict, failed: int, seconds: float, networks: dict, files: dict) -> dict:
-    """The dict written to _summary.json. `totals`: the sink's counts; `networks`: {"precision",
-    "runtime", "actors", "gpus", "cpus"} the restoring pool ran with."""
+def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: float, networks: dict, files: dict) -> dict:
+    """The dict written to _summary.json. `totals`: the sink's counts; `listed_skips`: what the
+    listing counted and did not hand on; `networks`: {"precision", "runtime", "actors", "gpus",
+    "cpus"} the restoring pool ran with."""
     skipped = dict(totals["skipped"])
+    for reason, n in listed_skips.items():
+        skipped[reason] = skipped.get(reason, 0) + n
     passed = totals["passed"]
     megapixels = totals["megapixels"]
     rate = megapixels / seconds

@@ -17,6 +17,7 @@ class JobTracker:
         self.tiles: dict[str, set] = {}
         self.failed_images: set = set()
         self.totals: dict[str, float] = {}
+        self.listings: dict[str, tuple[int, dict]] = {}  # listing item -> (keys handed on, {skip reason: count})
 
     def begin(self, keys: list[str]) -> list[int]:
         """Count a start of each key (a pack, an image or a tile); returns the counts."""
@@ -50,8 +51,21 @@ class JobTracker:
             if isinstance(value, (int, float)):
                 self.totals[key] = self.totals.get(key, 0) + value
 
+    def listed(self, item: str, keys: int, skipped: dict) -> None:
+        """A listing task's counts so far for its item: set, not added, so a retried task counts once."""
+        self.listings[item] = (keys, dict(skipped))
+
+    def listing_skips(self) -> dict:
+        """{reason: count} of the keys the listing tasks did not hand on (hidden, not an image)."""
+        merged: dict[str, int] = {}
+        for _, skipped in self.listings.values():
+            for reason, n in skipped.items():
+                merged[reason] = merged.get(reason, 0) + n
+        return merged
+
     def snapshot(self) -> dict:
-        return dict(self.totals)
+        listed = sum(keys + sum(skipped.values()) for keys, skipped in self.listings.values())
+        return {**self.totals, "listed": listed, "skipped": self.totals.get("skipped", 0) + sum(self.listing_skips().values())}
 
 
 def start_tracker():
