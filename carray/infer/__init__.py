@@ -2,7 +2,8 @@
 
     keys (keys.py: a --manifest, or the input listed into Parquet parts as it is walked)
     -> plan (plan.py: output name, already done?) -> read + decode (decode.py: the header decides
-    restore or pass through; large images cut into tiles, tiles.py) -> Restorer (restorer.py: actor
+    restore or pass through, and a passed-through input is written there as its own bytes; large
+    images cut into tiles, tiles.py) -> Restorer (restorer.py: actor
     pool, one model per actor, GPUs when present) -> encode + write (write.py: one file per input)
     -> ImageSink (sink.py: counts, failure parts); job.py drives it, report.py tells the user.
 

@@ -18,8 +18,9 @@ from .tiles import split_into_tiles
 
 
 def read_and_decode(row: dict, *, where: Locations, max_pixels: Optional[int], policy: Policy) -> dict:
-    """One planned key -> a row with its pixels and the quality to restore at, or passed through
-    (its bytes), or skipped, or the reason it cannot be used."""
+    """One planned key -> a row with its pixels and the quality to restore at, or skipped, or the
+    reason it cannot be used. An input passed through is written here, as its own bytes, by the task
+    that already holds them: its row goes on without them (nothing to restore, nothing to encode)."""
     path, output = row["path"], row["output"]
     if row["skipped"]:
         return empty_row(path, output, skipped=row["skipped"])
@@ -27,7 +28,14 @@ def read_and_decode(row: dict, *, where: Locations, max_pixels: Optional[int], p
         data = storage.read_bytes(where.src_fs, where.input_path(path))
     except (OSError, storage.StorageError) as exc:
         return empty_row(path, output, error=f"cannot read: {exc}")
-    return decode_to_row(path, output, data, max_pixels, policy)
+    row = decode_to_row(path, output, data, max_pixels, policy)
+    if row["passed"]:
+        try:
+            storage.write_bytes_atomic(where.dst_fs, where.output_path(row["output"]), row["data"])
+        except OSError as exc:
+            row["error"] = f"cannot write the output: {exc}"
+        row["data"] = b""
+    return row
 
 
 def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int], policy: Optional[Policy] = None) -> dict:

@@ -33,7 +33,8 @@ IMAGE_TYPES = {
     "channels": pa.int32(), "alpha": pa.binary(), "icc": pa.binary(), "exif": pa.binary(), "quality": pa.int32(),
     "tile": pa.int32(), "tiles": pa.int32(), "crop": pa.list_(pa.int32()),
     "error": pa.string(), "skipped": pa.string(), "passed": pa.string(), "node": pa.string(),
-    # A passed-through input's own file bytes, written as they are (no pixels are decoded).
+    # A passed-through input's own file bytes (no pixels are decoded); the job's decode task writes
+    # them and empties this before the row travels on.
     "data": pa.binary(),
 }
 # What the write stage hands to the sink: no pixels. `part` is "tile" for a tile whose image is not

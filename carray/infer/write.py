@@ -1,8 +1,8 @@
 """Encode and write: one output file per input, atomically, as soon as its pixels are ready.
 
-Restored pixels are encoded in the output format; a passed-through input is written as its own
-bytes; a tile is stored beside its image's other tiles, and the task that stores the last one
-stitches and writes the image.
+Restored pixels are encoded in the output format (a passed-through input was already written, as
+its own bytes, by the task that read it); a tile is stored beside its image's other tiles, and the
+task that stores the last one stitches and writes the image.
 """
 from __future__ import annotations
 
@@ -41,15 +41,15 @@ def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImag
 
 
 def encode_and_write(row: dict, *, fmt: str, quality: int, where: Locations, tracker=None) -> dict:
-    """Encode (or take the passed-through bytes) and write the output file; hands on a small row
-    (no pixels) for the sink's counts."""
+    """Encode and write the output file; hands on a small row (no pixels) for the sink's counts. A
+    passed-through input was written by its decode task (carray.infer.decode.read_and_decode)."""
     image = None
     if row["tile"] != WHOLE and not row["skipped"]:
         row, image = _store_tile(row, where=where, tracker=tracker)
         if image is None:
             return row
     out = encode_row(row, fmt=fmt, quality=quality, image=image)
-    if not out["error"] and not out["skipped"]:
+    if not (out["error"] or out["skipped"] or out["passed"]):
         try:
             storage.write_bytes_atomic(where.dst_fs, where.output_path(out["output"]), out["data"])
         except OSError as exc:
