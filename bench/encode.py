@@ -31,7 +31,7 @@ from carray.images import decode_image  # noqa: E402
 from carray.modelfiles import load_model, shipped_path  # noqa: E402
 from carray.restore import restore_pixels  # noqa: E402
 
-from common import BUNDLED  # noqa: E402
+from common import BUNDLED, mosaic  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -80,21 +80,6 @@ def decode_any(data: bytes, like: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def mosaic(images: list[np.ndarray], height: int = 2304, width: int = 4096) -> np.ndarray:
-    canvas = np.zeros((height, width) + images[0].shape[2:], np.uint8)
-    y, i = 0, 0
-    while y < height:
-        x, row = 0, 0
-        while x < width:
-            img = images[i % len(images)]
-            i += 1
-            h, w = min(img.shape[0], height - y), min(img.shape[1], width - x)
-            canvas[y : y + h, x : x + w] = img[:h, :w]
-            x, row = x + w, max(row, h)
-        y += row
-    return canvas
-
-
 def timed(encode, pixels: np.ndarray, repeat: int = 1) -> tuple[bytes, float]:
     best = float("inf")
     for _ in range(repeat):
@@ -131,7 +116,7 @@ def measure(mode: str, folder: Path, qualities: list[int], limit: int, table: di
                 s["q50"] += q50
                 s["input"] += len(compressed)
                 s["cost"].append(base - metrics.psnr(original, decode_any(data, original)))
-    photo = mosaic(restored_all)
+    photo = mosaic(restored_all, 2304, 4096)
     print(f"\n{mode}: {len(originals)} LIVE1 images x q{'/'.join(map(str, qualities))}, restored by the shipped model; "
           f"one thread; photo = a {photo.shape[1]}x{photo.shape[0]} mosaic of the restored images")
     print("| setting | MP/s per core (LIVE1 / 9.4 MP photo) | bytes per pixel | bytes / q50 JPEG | bytes / input JPEG | PSNR cost, dB (mean / max) |")

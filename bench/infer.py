@@ -62,6 +62,7 @@ from carray.runtime import SYSTEM_CONFIG
 
 from common import BUNDLED as BUNDLED_ROOT  # noqa: E402  (bench/ is on sys.path when a script runs)
 from common import LIVE1_GRAY as BUNDLED  # noqa: E402
+from common import mosaic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The job's default output format; the loop encodes the same. (PNG before it had a name: this script
@@ -88,18 +89,7 @@ def make_jpegs(folder: Path, count: int | None = None, crop: int | None = None, 
 def make_large_jpeg(path: Path, megapixels: float, quality: int = 10) -> None:
     """A square gray JPEG of about `megapixels`: LIVE1 images side by side (real textures)."""
     side = int((megapixels * 1e6) ** 0.5) // 8 * 8
-    sources = live1_gray()
-    canvas = np.zeros((side, side), np.uint8)
-    y = i = 0
-    while y < side:
-        x, row_height = 0, 0
-        while x < side:
-            img = sources[i % len(sources)]
-            i += 1
-            h, w = min(img.shape[0], side - y), min(img.shape[1], side - x)
-            canvas[y : y + h, x : x + w] = img[:h, :w]
-            x, row_height = x + w, max(row_height, h)
-        y += row_height
+    canvas = mosaic(live1_gray(), side, side)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(jpeg.compress(canvas, quality))
 
@@ -296,20 +286,8 @@ def make_photos(folder: Path, count: int, quality: int = 50, sources: Path = SHA
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     folder.mkdir(parents=True)
     height, width = 2304, 4096
-    for n in range(count):
-        canvas = np.zeros((height, width, 3), np.uint8)
-        y = 0
-        i = n * 7
-        while y < height:
-            x, row = 0, 0
-            while x < width:
-                img = images[i % len(images)]
-                i += 1
-                h, w = min(img.shape[0], height - y), min(img.shape[1], width - x)
-                canvas[y : y + h, x : x + w] = img[:h, :w]
-                x, row = x + w, max(row, h)
-            y += row
-        (folder / f"photo{n:03d}.jpg").write_bytes(jpeg.compress(canvas, quality))
+    for n in range(count):  # each a different arrangement
+        (folder / f"photo{n:03d}.jpg").write_bytes(jpeg.compress(mosaic(images, height, width, start=n * 7), quality))
     return count * height * width / 1e6
 
 
