@@ -113,7 +113,7 @@ def psnr_by_precision(device: torch.device, precisions: list[str], tile: int) ->
     from carray import jpeg, metrics
     from carray.images import decode_image
     from carray.pairs import prepare_pixels
-    from carray.quality import jpeg_quality
+    from carray.images import jpeg_quality
     from carray.quantize import load_networks
     from carray.restore import restore_pixels
 

@@ -51,10 +51,9 @@ from PIL import Image
 from carray import jpeg
 from carray import config as carray_config
 from carray.config import InferConfig
-from carray.images import decode_image, encode_image
+from carray.images import decode_image, encode_image, jpeg_quality
 from carray.infer import run_infer
 from carray.modelfiles import load_model, shipped_path
-from carray.quality import jpeg_quality
 from carray.onnxnet import OnnxNetwork
 from carray.quantize import onnx_files
 from carray.restore import prepare_model, restore_image

@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from . import jpeg, metrics, storage
 from .config import EvaluateConfig, parse_double, parse_qualities
-from .images import IMAGE_EXTENSIONS, ImageError, decode_image
+from .images import IMAGE_EXTENSIONS, ImageError, decode_image, jpeg_quality
 from .pairs import prepare_pixels
-from .quality import Policy, jpeg_quality
+from .quality import Policy
 
 SCORES = ("psnr", "ssim", "psnr_b")
 

@@ -3,7 +3,7 @@
 The exported graph takes float32 (n, c, h, w) on [0, 1] for any n, h, w >= 1 (c = 1 for gray Y,
 3 for RGB) and returns the restored image of the same shape, clamped to [0, 1]. Models conditioned
 on JPEG quality take a second input, ``quality``: float32 (n,), each image's IJG quality 1..100 as
-its quantization tables say (carray.quality.jpeg_quality reads it). Whole images go
+its quantization tables say (carray.images.jpeg_quality reads it). Whole images go
 through in one call; for very large ones, tile with an overlap of `receptive_radius` pixels (stored
 in the file's metadata) as carray.patches.apply_tiled does.
 """

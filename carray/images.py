@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from .quality import quality_from_tables
+
 #: Default decompression-bomb limit: 256 megapixels.
 DEFAULT_MAX_PIXELS = 256_000_000
 
@@ -166,8 +168,6 @@ def read_header(data: bytes, max_pixels: Optional[int] = None) -> ImageHeader:
     """Format, size, JPEG quality and chroma subsampling from the header alone (no pixel decoding:
     thousands of files per second). Raises ImageError as :func:`decode_image` does for input that
     is empty, not an image, or larger than `max_pixels` (None: no limit)."""
-    from .quality import quality_from_tables
-
     with _pixel_limit(max_pixels):
         img = _open(data)
         with img:
@@ -178,6 +178,15 @@ def read_header(data: bytes, max_pixels: Optional[int] = None) -> ImageHeader:
                 quality, chroma = quality_from_tables(tables), quality_from_tables(tables, "chroma")
                 subsampling = "gray" if img.mode == "L" else _jpeg_subsampling(img)
             return ImageHeader(img.format or "?", img.size[0], img.size[1], quality, subsampling, chroma)
+
+
+def jpeg_quality(data: bytes) -> Optional[int]:
+    """The IJG quality of JPEG bytes (from the header alone, no decoding), or None for anything
+    that is not a JPEG with tables (:func:`read_header`)."""
+    try:
+        return read_header(data).quality
+    except ImageError:  # not an image at all: the decoder reports that, not us
+        return None
 
 
 def _jpeg_subsampling(img: Image.Image) -> Optional[str]:

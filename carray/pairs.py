@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import jpeg
-from .quality import jpeg_quality
-from .images import ImageError, decode_image, to_gray
+from .images import ImageError, decode_image, jpeg_quality, to_gray
 from .patches import extract_patches
 
 COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "first_quality", "image", "y", "x"

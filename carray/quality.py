@@ -54,17 +54,6 @@ def quality_from_tables(tables: dict, plane: str = "luma") -> Optional[int]:
     return int(QUALITIES[int(np.argmin(distance))])
 
 
-def jpeg_quality(data: bytes) -> Optional[int]:
-    """The IJG quality of JPEG bytes (from the header alone, no decoding), or None for anything
-    that is not a JPEG with tables (:func:`carray.images.read_header`)."""
-    from .images import ImageError, read_header
-
-    try:
-        return read_header(data).quality
-    except ImageError:  # not an image at all: the decoder reports that, not us
-        return None
-
-
 #: Default for :attr:`Policy.pass_through_from`: JPEGs of this IJG quality or above are left as
 #: they are. Chosen on held-out training images (docs/models.md): above it no model here gains.
 PASS_THROUGH_FROM = 95

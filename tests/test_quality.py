@@ -7,7 +7,8 @@ from carray import jpeg
 from carray.config import TrainConfig
 from carray.errors import OptionError
 from carray.model import build_model, init_from
-from carray.quality import PASSED_NOT_JPEG, Policy, jpeg_quality
+from carray.images import jpeg_quality
+from carray.quality import PASSED_NOT_JPEG, Policy
 from carray.restore import self_ensemble
 from support.images import png_bytes, smooth_image
 

@@ -15,7 +15,7 @@ SKIP_NOT_IMAGE = "not an image file name (" + " ".join(IMAGE_EXTENSIONS) + ", an
 
 def output_name(relative_path: str, fmt: str) -> str:
     """The output's relative path: the input's own path plus the format's extension
-    (photo.jpg -> photo.jpg.png). One input, one output, decided by the row alone: a.jpg and
+    (photo.jpg -> photo.jpg.jpg with the default --format jpeg). One input, one output, decided by the row alone: a.jpg and
     a.png can never write the same file, whatever else the collection holds."""
     return relative_path + OUTPUT_FORMATS[fmt][1]
 
