@@ -70,5 +70,11 @@ class JobTracker:
 
 def start_tracker():
     """A tracker for one job, named (carray-tracker-…, namespace carray) so an operator finds it in
-    the dashboard. Kill it when the job ends (ray.kill): it lives as long as its driver otherwise."""
-    return JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray").remote()
+    the dashboard. Kill it when the job ends (ray.kill): it lives as long as its driver otherwise.
+
+    It lives on the driver's node: a tracker on a worker node that goes away (spot, autoscaler) is
+    restarted, but the actors' calls made meanwhile fail, and with them the packs they were restoring."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return JobTracker.options(name=f"carray-tracker-{uuid.uuid4().hex[:12]}", namespace="carray", scheduling_strategy=here).remote()
