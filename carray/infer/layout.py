@@ -11,7 +11,7 @@ from .. import storage
 
 FAILURES_FILE = storage.FAILURES_FILE
 SUMMARY_FILE = "_summary.json"
-#: Inside the output: the listing's parts, the failure parts and the waiting tiles of this run.
+#: Inside the output: the failure parts and the waiting tiles of this run.
 WORK_DIR = "_carray"
 
 

@@ -70,8 +70,9 @@ def empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dic
 
 
 def weight(row: dict) -> int:
-    """What a row adds to its pack: its pixels, or for a passed-through file its bytes."""
-    return int(row["height"]) * int(row["width"]) if row["pixels"] else len(row["data"])
+    """What a row adds to its pack: its pixels (a passed-through file was written by its decode task
+    and carries none, nor does a skipped or failed row)."""
+    return int(row["height"]) * int(row["width"]) if row["pixels"] else 0
 
 
 def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] = None) -> dict:
