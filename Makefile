@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; a bare `torch` may pull a multi-GB CUDA build.
 TORCH_DEV := torch==2.13.0
 STAMP := $(VENV)/.installed
+# The preview page's tests open it in a real browser: Debian's Chromium.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup demo test bench clean
 
@@ -17,10 +19,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 demo: $(STAMP)
 	$(PY) -m carray.demo --output demo-output
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

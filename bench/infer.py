@@ -428,10 +428,57 @@ def case_passthrough(tmp: Path, model_path: str, count: int, restored: int) -> d
     return {"images_per_s": rates, "fixed_seconds": fixed, "copy_seconds": copy_seconds}
 
 
+def case_scan(tmp: Path, model_path: str, photos: int, links: int) -> dict:
+    """The preview's tables-only scan (carray.infer.scan.scan_key: the first 64 KiB of a file,
+    its header, the policy's decision) against reading and decoding the same files, alternating,
+    three rounds each, in this process on one core: `photos` 9.4 MP colour JPEGs, `links` hard links
+    each (distinct paths). Then a preview job over them (2 samples restored) for its own
+    headers_per_second, which adds Ray tasks and start-up on a cluster of this size."""
+    import pyarrow.fs as pafs
+
+    from carray import storage
+    from carray.images import decode_image
+    from carray.infer.layout import Locations
+    from carray.infer.scan import scan_key
+    from carray.quality import Policy
+
+    make_photos(tmp / "scan-src", photos)
+    folder = tmp / "scan"
+    folder.mkdir()
+    for path in sorted((tmp / "scan-src").glob("*.jpg")):
+        for n in range(links):
+            os.link(path, folder / f"{path.stem}-{n}.jpg")
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    where = Locations(pafs.LocalFileSystem(), str(folder), pafs.LocalFileSystem(), str(tmp / "scan-out"))
+    policy = Policy()
+
+    def scan() -> None:
+        for name in names:
+            assert scan_key(where, name, None, policy)["decision"] == "restore"
+
+    def decode() -> None:
+        for name in names:
+            decode_image(storage.read_bytes(where.src_fs, where.input_path(name)), None)
+
+    times = {"scan": [], "decode": []}
+    for _ in range(3):
+        for name, run in (("scan", scan), ("decode", decode)):
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    rates = {k: len(names) / float(np.median(v)) for k, v in times.items()}
+    summary = run_infer(InferConfig(input=str(folder), output=str(tmp / "scan-preview"), model=model_path, preview=2,
+                                    preview_scan=len(names)), say=lambda line: None)
+    print(f"scan: {len(names)} colour JPEGs of 9.4 MP ({photos} photos x {links} links), one core: the tables-only scan "
+          f"{rates['scan']:.0f} files/s, reading + decoding {rates['decode']:.1f} files/s ({rates['scan'] / rates['decode']:.0f}x); "
+          f"the preview job read {summary['headers_per_second']:.0f} headers/s (Ray tasks, {summary['listing_seconds']:.1f} s listing)")
+    return {"files_per_s": rates, "preview_headers_per_s": summary["headers_per_second"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing"],
-                        choices=["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing"])
+    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan"]
+    parser.add_argument("--cases", nargs="+", default=cases, choices=cases)
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
     parser.add_argument("--small", type=int, default=3000, help="JPEGs of 128x128 in the small-files case")
@@ -445,6 +492,8 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=100, help="folders they are spread over in the listing case")
     parser.add_argument("--photos", type=int, default=16, help="9.4 MP colour JPEGs in the ceiling case")
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
+    parser.add_argument("--scan-photos", type=int, default=20, help="9.4 MP colour JPEGs in the scan case")
+    parser.add_argument("--scan-links", type=int, default=10, help="hard links to each in the scan case (distinct paths)")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--job-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="small case: the job's --runtime (auto: ONNX Runtime for fp32 on CPUs, as users get it)")
@@ -483,6 +532,8 @@ def main() -> None:
             results["listing"] = case_listing(tmp, model_path, args.keys, args.folders)
         if "ceiling" in args.cases:
             results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats)
+        if "scan" in args.cases:
+            results["scan"] = case_scan(tmp, model_path, args.scan_photos, args.scan_links)
         if "passthrough" in args.cases:
             results["passthrough"] = case_passthrough(tmp, model_path, args.passthrough, 100)
         ray.shutdown()

@@ -87,6 +87,11 @@ def _report_train(summary, cfg) -> int:
 def _report_infer(summary, cfg) -> int:
     from .infer import format_summary
 
+    if cfg.preview:
+        from .infer.preview import format_preview
+
+        print(format_preview(summary))
+        return 0
     print(format_summary(summary))
     from .infer import SKIP_EXISTS
 

@@ -348,9 +348,27 @@ class InferConfig(RestoreOptions, ClusterOptions):
         "0 = auto: 8 on GPUs, 1 on CPUs (where one forward at a time measured faster).",
     )
 
+    preview: int = option(
+        0,
+        help="Look before you spend: restore only a seeded random sample of N inputs, spread over the whole listing "
+        "or manifest, and write OUTPUT/index.html (before/after at 100 %% where restoring changed each one most, "
+        "what the policy decided and why), the collection's make-up from its headers, and the full run's "
+        "estimated time and cost, with OUTPUT/_summary.json. 0 = restore everything (the job itself).",
+    )
+    preview_scan: int = option(
+        1000,
+        help="--preview: headers read (no pixels decoded) for the collection's make-up: qualities, sizes, formats, "
+        "what would be restored or passed through. A larger sample, a closer estimate, at the speed of reading headers.",
+    )
+    seed: int = option(0, help="--preview: the sample's seed; same seed and collection, same sample.")
+
     def check(self) -> "InferConfig":
         """Raises OptionError for a value the job cannot use, before any work starts."""
         self.policy()
+        if self.preview < 0 or self.preview_scan < 0:
+            raise OptionError(f"--preview and --preview-scan must be 0 or more, got {self.preview} and {self.preview_scan}")
+        if self.preview and self.retry_failed:
+            raise OptionError("--preview samples the input or --manifest; it does not take --retry-failed")
         if self.max_attempts < 1:
             raise OptionError(f"--max-attempts must be at least 1, got {self.max_attempts}")
         if self.tile_batch < 0:

@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORE = [
     "carray.config", "carray.cli", "carray.architectures", "carray.images", "carray.jpeg", "carray.patches", "carray.metrics",
     "carray.pairs", "carray.quality", "carray.storage", "carray.infer.layout", "carray.infer.packs", "carray.infer.plan",
+    "carray.infer.sample", "carray.infer.scan", "carray.infer.compare", "carray.infer.cost", "carray.infer.page",
     "carray.infer.tiles", "carray.infer.decode", "carray.infer.restoring", "carray.infer.memory",
 ]
 

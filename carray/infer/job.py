@@ -44,6 +44,10 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     from ..modelfiles import model_files
     from ..runtime import connect, tune_data_context
 
+    if cfg.preview:
+        from .preview import run_preview
+
+        return run_preview(cfg, say)
     started = time.time()
     cfg.check()
     where = Locations.resolve(cfg.input, cfg.output, cfg.s3())
@@ -62,11 +66,12 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
         source = key_source(cfg, where, tracker, say)
         totals, networks = restore_all(cfg, where, files, source, tracker, say)
         listed_skips = ray.get(tracker.listing_skips.remote())
+        networks["first_restored"] = ray.get(tracker.first_restored.remote())
     finally:  # the context belongs to the process: a later job here gets its own default back
         context.target_max_block_size = block_size
         # The tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job.
         ray.kill(tracker)
-    summary = finish(cfg, where, files, totals, listed_skips, networks, time.time() - started)
+    summary = finish(cfg, where, files, totals, listed_skips, networks, started)
     if source.listed and summary["seen"] == sum(listed_skips.values()):  # the listing handed on no key at all
         raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return summary
@@ -156,10 +161,10 @@ def restore_margin(files: dict[str, bytes]) -> int:
     return max(tile_margin(load_model_bytes(data, kind)[0]) for kind, data in files.items())
 
 
-def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, listed_skips: dict, networks: dict, seconds: float) -> dict:
+def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, listed_skips: dict, networks: dict, started: float) -> dict:
     """Failure lines merged, the work folder removed, the summary written."""
     failed = merge_failure_parts(where)
     storage.delete_dir_if_exists(where.dst_fs, where.work_path())
-    summary = build_summary(cfg, totals, listed_skips, failed, seconds, networks, files)
+    summary = build_summary(cfg, totals, listed_skips, failed, started, networks, files)
     storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)
     return summary

@@ -68,10 +68,13 @@ def driver_peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: float, networks: dict, files: dict) -> dict:
+def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, started: float, networks: dict, files: dict) -> dict:
     """The dict written to _summary.json. `totals`: the sink's counts; `listed_skips`: what the
-    listing counted and did not hand on; `networks`: {"precision", "runtime", "actors", "gpus",
-    "cpus"} the restoring pool ran with."""
+    listing counted and did not hand on; `started`: the job's time.time() at its start;
+    `networks`: {"precision", "runtime", "actors", "gpus", "cpus", "first_restored"} the restoring
+    pool ran with (first_restored: the tracker's (time, megapixels) of the first restored pack)."""
+    ended = time.time()
+    seconds = ended - started
     skipped = dict(totals["skipped"])
     for reason, n in listed_skips.items():
         skipped[reason] = skipped.get(reason, 0) + n
@@ -85,6 +88,7 @@ def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: f
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
         "megapixels": round(megapixels, 6), "seconds": round(seconds, 2),
         "megapixels_per_second": round(rate, 6), "images_per_second": round(totals["restored"] / seconds, 2),
+        **steady_rate(networks.get("first_restored"), started, ended, megapixels),
         "nodes": len(totals["nodes"]), "precision": networks["precision"], "runtime": networks["runtime"],
         # The user's units for cost: the job's rate per GPU it restored on, or per CPU of the cluster.
         "restoring_actors": networks["actors"], "gpus": networks["gpus"], "cpus": networks["cpus"],
@@ -93,6 +97,17 @@ def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, seconds: f
         "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),
     }
+
+
+def steady_rate(first_restored, started: float, ended: float, megapixels: float) -> dict:
+    """The start-up (seconds to the first restored pack) and the rate after it: what a longer run
+    of the same kind of images would keep up (None when everything came in the first pack)."""
+    if not first_restored:
+        return {"seconds_to_first_output": None, "steady_megapixels_per_second": None}
+    at, first_megapixels = first_restored
+    after = ended - at
+    rate = (megapixels - first_megapixels) / after if after > 0 and megapixels > first_megapixels else None
+    return {"seconds_to_first_output": round(at - started, 2), "steady_megapixels_per_second": None if rate is None else round(rate, 6)}
 
 
 def _per_device(summary: dict) -> str:

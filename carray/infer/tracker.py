@@ -1,6 +1,7 @@
 """The job's shared state: attempts per image, tiles per large image, progress counts (one small actor)."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import ray
@@ -18,6 +19,7 @@ class JobTracker:
         self.failed_images: set = set()
         self.totals: dict[str, float] = {}
         self.listings: dict[str, tuple[int, dict]] = {}  # listing item -> (keys handed on, {skip reason: count})
+        self.first_output: tuple[float, float] | None = None  # (time.time(), its megapixels) of the first restored pack
 
     def begin(self, keys: list[str]) -> list[int]:
         """Count a start of each key (a pack, an image or a tile); returns the counts."""
@@ -47,6 +49,8 @@ class JobTracker:
         return True
 
     def add(self, counts: dict) -> None:
+        if self.first_output is None and counts.get("megapixels"):
+            self.first_output = (time.time(), float(counts["megapixels"]))
         for key, value in counts.items():
             if isinstance(value, (int, float)):
                 self.totals[key] = self.totals.get(key, 0) + value
@@ -62,6 +66,10 @@ class JobTracker:
             for reason, n in skipped.items():
                 merged[reason] = merged.get(reason, 0) + n
         return merged
+
+    def first_restored(self) -> tuple[float, float] | None:
+        """(when, megapixels) of the first pack written with restored pixels: the job's start-up ends there."""
+        return self.first_output
 
     def snapshot(self) -> dict:
         listed = sum(keys + sum(skipped.values()) for keys, skipped in self.listings.values())
