@@ -475,9 +475,37 @@ def case_scan(tmp: Path, model_path: str, photos: int, links: int) -> dict:
     return {"files_per_s": rates, "preview_headers_per_s": summary["headers_per_second"]}
 
 
+def case_preview(tmp: Path, shown: int, photos: int) -> dict:
+    """A preview of `shown` samples against the full run of the same inputs, with the shipped models:
+    `photos` colour JPEGs of 1.2 MP (mosaics of Urban100) at q10-q50, one in 8 at q97 (passed
+    through), one in 10 a PNG (passed through). Prints the preview's estimates beside what the full run did."""
+    paths = sorted(SHARED.joinpath("Urban100").glob("*.png")) if SHARED.joinpath("Urban100").is_dir() else sorted((BUNDLED_ROOT / "LIVE1_color").glob("*.png"))
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    src = tmp / "preview-src"
+    for n in range(photos):
+        pixels = mosaic(images, 960, 1280, start=n * 5)
+        folder = src / f"day{n % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if n % 10 == 9:
+            Image.fromarray(pixels).save(folder / f"img{n:03d}.png")
+        else:
+            (folder / f"img{n:03d}.jpg").write_bytes(jpeg.compress(pixels, 97 if n % 8 == 7 else 10 + 10 * (n % 5)))
+    preview = run_infer(InferConfig(input=str(src), output=str(tmp / "preview-out"), preview=shown), say=lambda line: None)
+    full = run_infer(InferConfig(input=str(src), output=str(tmp / "preview-full")), say=lambda line: None)
+    est, here = preview["estimated"], preview["cost"]["this_cluster"]
+    print(f"preview: {photos} colour JPEGs/PNGs of 1.2 MP, {shown} samples, preview took {preview['seconds']:.1f} s. "
+          f"Estimated / full run: restored {est['restored']} / {full['restored']}, passed through {est['passed_through']} / "
+          f"{full['passed_through']}, failed {est['failed']} / {full['failed']}; megapixels to restore "
+          f"{preview['cost']['megapixels_to_restore']:.1f} / {full['megapixels']:.1f}; time {here['hours'] * 3600:.1f} s / "
+          f"{full['seconds']:.1f} s ({here['megapixels_per_second']:.3f} MP/s measured on the samples, "
+          f"{full['megapixels_per_second']:.3f} MP/s in the full run)")
+    return {"preview": {k: preview[k] for k in ("estimated", "cost", "sample_run", "seconds")},
+            "full": {k: full[k] for k in ("restored", "passed_through", "failed", "megapixels", "seconds", "megapixels_per_second")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan"]
+    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan", "preview"]
     parser.add_argument("--cases", nargs="+", default=cases, choices=cases)
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
@@ -494,6 +522,8 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
     parser.add_argument("--scan-photos", type=int, default=20, help="9.4 MP colour JPEGs in the scan case")
     parser.add_argument("--scan-links", type=int, default=10, help="hard links to each in the scan case (distinct paths)")
+    parser.add_argument("--preview-photos", type=int, default=80, help="1.2 MP photos in the preview case")
+    parser.add_argument("--preview-shown", type=int, default=8, help="samples restored by the preview case's preview")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--job-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="small case: the job's --runtime (auto: ONNX Runtime for fp32 on CPUs, as users get it)")
@@ -534,6 +564,8 @@ def main() -> None:
             results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats)
         if "scan" in args.cases:
             results["scan"] = case_scan(tmp, model_path, args.scan_photos, args.scan_links)
+        if "preview" in args.cases:
+            results["preview"] = case_preview(tmp, args.preview_shown, args.preview_photos)
         if "passthrough" in args.cases:
             results["passthrough"] = case_passthrough(tmp, model_path, args.passthrough, 100)
         ray.shutdown()

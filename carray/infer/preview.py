@@ -25,6 +25,7 @@ from .compare import crop_png, mean_change, most_changed, thumbnail_jpeg
 from .cost import estimate
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
 from .plan import output_name, passed_name, skip_reason
+from .report import PROGRESS_EVERY_S
 from .resources import READ_CPUS
 from .sample import BottomK
 from .scan import FAIL, PASS, RESTORE, make_up, scan_pack
@@ -56,7 +57,7 @@ def run_preview(cfg: "InferConfig", say=print) -> dict:
     tune_data_context()
     tracker = start_tracker()
     try:
-        sample, candidates, skipped = sample_keys(key_source(cfg, where, tracker, say), cfg, tracker)
+        sample, candidates, skipped = sample_keys(key_source(cfg, where, tracker, say), cfg, tracker, say)
     finally:
         ray.kill(tracker)
     listing_seconds = time.time() - started
@@ -81,12 +82,16 @@ def run_preview(cfg: "InferConfig", say=print) -> dict:
     return summary
 
 
-def sample_keys(source, cfg: "InferConfig", tracker) -> tuple[list[str], int, dict]:
+def sample_keys(source, cfg: "InferConfig", tracker, say=print) -> tuple[list[str], int, dict]:
     """Every key of the source seen once, in the driver, keeping the sample (--preview-scan keys):
     (sample in priority order, candidate images in all, {skip reason: count})."""
     bottom = BottomK(max(cfg.preview_scan, cfg.preview), cfg.seed)
     skipped: dict[str, int] = {}
+    said = time.monotonic()
     for batch in source.keys.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if time.monotonic() - said > PROGRESS_EVERY_S:
+            say(f"carray: {bottom.count} images listed so far")
+            said = time.monotonic()
         for keys in batch.column("key").to_pylist():
             for key in keys:
                 reason = skip_reason(key, cfg.include_hidden)
