@@ -265,4 +265,6 @@ def setup_restoring_process(files: dict[str, bytes], precision: str, threads: in
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)
+    else:  # tile windows come in a few fixed shapes: cuDNN's autotuned kernels pay back after the first batch of each
+        torch.backends.cudnn.benchmark = True
     return device, load_networks(files, precision, device, threads)

@@ -136,11 +136,19 @@ def network_planes(model: nn.Module, pixels: np.ndarray) -> tuple[np.ndarray, Ca
 
 def restore_pixels(
     model: nn.Module, pixels: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None,
-    quality: Optional[float] = None, tta: bool = False,
+    quality: Optional[float] = None, tta: bool = False, batch: int = 1,
 ) -> np.ndarray:
     """uint8 (h, w) gray or (h, w, 3) RGB -> restored uint8 of the same shape and mode (see
     :func:`network_planes`). `quality`: the input's IJG JPEG quality, for networks conditioned on
-    it; `tta`: x8 ensemble."""
+    it; `tta`: x8 ensemble; `batch`: tile windows per forward pass (PyTorch networks).
+
+    A PyTorch network restores on its device (carray/ondevice.py); an ONNX network, and the x8
+    ensemble, go through float32 planes on the host."""
+    device = device or network_device(model)
+    if device is not None and not tta:  # a PyTorch network: uint8 in and out, everything between on its device
+        from .ondevice import restore_tiled_on_device
+
+        return restore_tiled_on_device(model, pixels, device, quality, tile, tile_margin(model), batch)
     planes, back = network_planes(model, pixels)
     return back(restore_planes(model, planes, tile, device, quality, tta))
 
@@ -154,19 +162,29 @@ def restore_in_batches(
     Items with the same model and planes shape go through the network `batch` at a time in one
     forward pass (a GPU is fed far better by a few large calls than by many small ones); each result
     equals :func:`restore_pixels` of the item with a tile as large as the item."""
-    planes, backs = zip(*(network_planes(model, pixels) for model, pixels, _ in items)) if items else ((), ())
     results: list[Optional[np.ndarray]] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
-    for i, (model, _, _) in enumerate(items):
-        groups.setdefault((id(model), planes[i].shape), []).append(i)
+    for i, (model, pixels, _) in enumerate(items):
+        groups.setdefault((id(model), pixels.shape), []).append(i)
     for members in groups.values():
         model = items[members[0]][0]
         for start in range(0, len(members), max(1, batch)):
             chunk = members[start : start + max(1, batch)]
-            outs = run_batch(model, [planes[i] for i in chunk], device, [items[i][2] for i in chunk])
+            outs = _restore_chunk(model, [items[i][1] for i in chunk], device, [items[i][2] for i in chunk])
             for i, out in zip(chunk, outs):
-                results[i] = backs[i](out)
+                results[i] = out
     return results
+
+
+def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list) -> list[np.ndarray]:
+    """uint8 images of one shape through the network in one forward pass: on a PyTorch network's
+    device (carray/ondevice.py), or through float32 planes on the host for an ONNX network."""
+    if not hasattr(model, "run_numpy"):
+        from .ondevice import restore_batch_on_device
+
+        return restore_batch_on_device(model, pixels, device or network_device(model), qualities)
+    planes, backs = zip(*(network_planes(model, p) for p in pixels))
+    return [back(out) for back, out in zip(backs, run_batch(model, list(planes), device, qualities))]
 
 
 def pick_model(models: dict[str, nn.Module], image: DecodedImage) -> nn.Module:
@@ -176,9 +194,9 @@ def pick_model(models: dict[str, nn.Module], image: DecodedImage) -> nn.Module:
 
 def restore_image(
     models: dict[str, nn.Module], image: DecodedImage, tile: int = DEFAULT_TILE, device=None,
-    quality: Optional[float] = None, tta: bool = False,
+    quality: Optional[float] = None, tta: bool = False, batch: int = 1,
 ) -> DecodedImage:
     """Restore with the model that matches the image (:func:`pick_model`) at `quality`
-    (`tta`: the x8 self-ensemble). Alpha, ICC and EXIF pass through unchanged."""
-    pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta)
+    (`tta`: the x8 self-ensemble; `batch`: tile windows per forward pass). Alpha, ICC and EXIF pass through unchanged."""
+    pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta, batch)
     return DecodedImage(pixels=pixels, alpha=image.alpha, icc=image.icc, exif=image.exif)

@@ -66,7 +66,9 @@ def list_keys(batch: dict, *, where: Locations, include_hidden: bool, tracker):
                 yield key_pack(chunk)
                 chunk = []
         handed += len(chunk)
-        tracker.listed.remote(folder, handed, skipped)
+        # Waited for: the folder's final counts are in the tracker before this task ends, so a driver
+        # that reads them once the listing is done (the preview, the summary) never misses the last ones.
+        ray.get(tracker.listed.remote(folder, handed, skipped))
         if chunk:
             yield key_pack(chunk)
 

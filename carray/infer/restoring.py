@@ -54,7 +54,7 @@ class RowRestorer:
             image = from_row(row)
             whole_window = row["tile"] != WHOLE  # a window of a large image is restored in one piece
             tile = max(image.pixels.shape[:2]) if whole_window else self.tile
-            self._keep(row, restore_image(self.models, image, tile, self.device, row["quality"], self.tta).pixels)
+            self._keep(row, restore_image(self.models, image, tile, self.device, row["quality"], self.tta, self.tile_batch).pixels)
         except MemoryError:
             row.update(error="out of memory while restoring (lower --tile)", pixels=b"")
         except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl

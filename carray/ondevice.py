@@ -1,0 +1,98 @@
+"""Restoring on the network's device: uint8 pixels in, uint8 pixels out (PyTorch networks).
+
+What used to be the host's work per image runs where the network runs: the conversion to float,
+the colour handling (:func:`carray.restore.network_planes`' four cases), the tiling of a large image
+(windows cut from the image already on the device, run a batch at a time, their cores stitched
+there), the clamp and the rounding back to uint8. Host and device exchange uint8 only (a quarter of
+float32's bytes), through pinned memory with non-blocking copies on CUDA, and one synchronize per
+call. On the CPU device the same code runs (the tests' path). The results equal
+:func:`carray.restore.restore_pixels` within one grey level (float32 here where the host's colour
+conversion is float64).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .images import _RGB_TO_YCBCR, _YCBCR_OFFSET
+from .patches import plan_tiles
+
+
+def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    cuda = device.type == "cuda"
+    return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)
+
+
+def _download(y: torch.Tensor) -> np.ndarray:
+    if y.device.type != "cuda":
+        return y.contiguous().numpy()
+    out = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+    out.copy_(y, non_blocking=True)
+    torch.cuda.current_stream(y.device).synchronize()
+    return out.numpy()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float on 0..255 -> uint8, rounded and clamped (as carray.images.to_uint8)."""
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def planes_on_device(model, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """uint8 (n, h, w) gray or (n, h, w, 3) RGB on the device -> (float32 (n, c, h, w) planes on
+    [0, 1] the network sees, a function turning its output planes back into uint8 of x's shape).
+    The four cases of :func:`carray.restore.network_planes`."""
+    channels = model.args["channels"]
+    if x.ndim == 3 and channels == 1:
+        return x[:, None].float().div_(255), lambda y: _to_uint8(y[:, 0] * 255)
+    if x.ndim == 4 and channels == 3:
+        return x.permute(0, 3, 1, 2).float().div_(255), lambda y: _to_uint8(y.permute(0, 2, 3, 1) * 255)
+    if x.ndim == 4:  # gray model, colour image: restore Y in the MATLAB YCbCr space, keep Cb and Cr
+        to_ycc = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float32, device=x.device)
+        offset = torch.tensor(_YCBCR_OFFSET, dtype=torch.float32, device=x.device)
+        ycc = x.float() @ to_ycc.T + offset
+
+        def back_to_rgb(y: torch.Tensor) -> torch.Tensor:
+            ycc[..., 0] = y[:, 0] * 255
+            return _to_uint8((ycc - offset) @ torch.linalg.inv(to_ycc).T)
+
+        return (ycc[..., 0] / 255)[:, None], back_to_rgb
+    rgb = x[:, None].float().div_(255).expand(-1, 3, -1, -1)
+    return rgb, lambda y: _to_uint8(y.mean(dim=1) * 255)
+
+
+def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Tensor:
+    q = None if qualities is None or qualities[0] is None else torch.tensor([float(v) for v in qualities], device=planes.device)
+    return model(planes.contiguous(memory_format=torch.channels_last), q).float()
+
+
+def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.device, qualities: list) -> list[np.ndarray]:
+    """Images of one shape (uint8), each restored in one piece, in one forward pass -> uint8 each."""
+    with torch.inference_mode():
+        planes, back = planes_on_device(model, _upload(np.stack(pixels), device))
+        return list(_download(back(_forward(model, planes, qualities))))
+
+
+def restore_tiled_on_device(model, pixels: np.ndarray, device: torch.device, quality, tile: int, margin: int,
+                            batch: int = 1) -> np.ndarray:
+    """One image (uint8) of any size -> restored uint8: uploaded once, its windows (those of
+    :func:`carray.patches.plan_tiles`, as the host's tiling cuts them) cut on the device and run
+    `batch` at a time per window shape, their cores stitched there, downloaded once."""
+    with torch.inference_mode():
+        planes, back = planes_on_device(model, _upload(pixels[None], device))
+        out = torch.empty_like(planes)
+        groups: dict[tuple, list] = {}
+        for t in plan_tiles(planes.shape[2], planes.shape[3], tile, margin, align=8):
+            wy0, wy1, wx0, wx1 = t.window
+            groups.setdefault((wy1 - wy0, wx1 - wx0), []).append(t)
+        for tiles in groups.values():
+            for start in range(0, len(tiles), max(1, batch)):
+                chunk = tiles[start : start + max(1, batch)]
+                windows = torch.cat([planes[:, :, t.window[0] : t.window[1], t.window[2] : t.window[3]] for t in chunk])
+                restored = _forward(model, windows, [quality] * len(chunk))
+                for t, y in zip(chunk, restored):
+                    (wy0, _, wx0, _), (cy0, cy1, cx0, cx1) = t.window, t.core
+                    out[0, :, cy0:cy1, cx0:cx1] = y[:, cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
+        return _download(back(out))[0]

@@ -1,0 +1,56 @@
+"""Restoring on the network's device (carray/ondevice.py) against the host's float path it replaces."""
+import numpy as np
+import pytest
+import torch
+
+from carray.model import build_model
+from carray.ondevice import restore_batch_on_device, restore_tiled_on_device
+from carray.restore import network_planes, prepare_model, restore_in_batches, restore_pixels, restore_planes, tile_margin
+
+CPU = torch.device("cpu")
+
+
+def host_path(model, pixels, tile, quality=None):
+    """What the actors did before: float32 planes on the host, numpy tiling, numpy rounding."""
+    planes, back = network_planes(model, pixels)
+    return back(restore_planes(model, planes, tile, CPU, quality))
+
+
+@pytest.fixture(scope="module")
+def networks():
+    torch.manual_seed(0)
+    return {
+        "gray": prepare_model(build_model("fast-arcnn"), CPU),
+        "color": prepare_model(build_model("unshuffled-cnn", channels=3, blocks=1, width=16, quality_input=True), CPU),
+    }
+
+
+@pytest.mark.parametrize("kind", ["gray", "color"])
+@pytest.mark.parametrize("shape", [(75, 101), (75, 101, 3)])
+def test_on_device_equals_the_host_path_within_one_grey_level(networks, kind, shape):
+    model = networks[kind]
+    quality = 30 if kind == "color" else None
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    expected = host_path(model, pixels, tile=24, quality=quality)
+    tiled = restore_tiled_on_device(model, pixels, CPU, quality, tile=24, margin=tile_margin(model), batch=4)
+    assert tiled.shape == pixels.shape and tiled.dtype == np.uint8
+    assert np.abs(tiled.astype(int) - expected).max() <= 1
+    assert (tiled == expected).mean() > 0.999
+    assert np.array_equal(restore_pixels(model, pixels, tile=24, quality=quality), tiled)  # what the jobs call
+    whole = host_path(model, pixels, tile=512, quality=quality)
+    batched = restore_batch_on_device(model, [pixels, pixels[::-1].copy()], CPU, [quality, quality])
+    assert np.abs(batched[0].astype(int) - whole).max() <= 1
+    assert np.abs(batched[1].astype(int) - host_path(model, pixels[::-1].copy(), 512, quality)).max() <= 1
+    # a tile's margin covers the receptive field: tiled on the device equals whole on the device
+    assert np.abs(tiled.astype(int) - batched[0]).max() <= 1
+
+
+def test_batches_group_by_model_and_shape(networks):
+    rng = np.random.default_rng(2)
+    items = [(networks["gray"], rng.integers(0, 256, (40, 48), dtype=np.uint8), None),
+             (networks["color"], rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), 20),
+             (networks["gray"], rng.integers(0, 256, (32, 48), dtype=np.uint8), None),
+             (networks["gray"], rng.integers(0, 256, (40, 48), dtype=np.uint8), None)]
+    out = restore_in_batches(items, CPU, batch=8)
+    for (model, pixels, quality), restored in zip(items, out):
+        assert np.abs(restored.astype(int) - host_path(model, pixels, 512, quality)).max() <= 1
