@@ -174,7 +174,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("raw", state["model"]))  # with --ema, "model" is the average
         step, history = int(state["step"]), list(state["history"])
         if rank == 0:
             print(f"carray: resuming from the checkpoint at step {step}")
@@ -184,6 +184,8 @@ def train_loop_per_worker(config: dict) -> dict:
         model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
     plain = model.module if hasattr(model, "module") else model
     optimizer = optimizer_on_device(plain, cfg.lr, state["optimizer"] if state else None)
+    ema = weight_average(plain, cfg.ema, state)
+    judged = ema.module if ema is not None else plain  # what is validated, checkpointed as "model" and exported
 
     train_shard = ray.train.get_dataset_shard("train")
     val_batches = _val_batches(cfg, cfg.val_patches, 256) if rank == 0 and cfg.val_patches > 0 else []
@@ -191,7 +193,10 @@ def train_loop_per_worker(config: dict) -> dict:
     window = {"loss": [], "psnr": [], "samples": 0, "start": time.perf_counter(), "reported": False}
 
     def state_dict() -> dict:
-        return {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)}
+        saved = {"model": judged.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "history": history, "config": asdict(cfg)}
+        if ema is not None:
+            saved.update(raw=plain.state_dict(), ema_averaged=int(ema.n_averaged))
+        return saved
 
     def report(checkpoint_due: bool, extra: Optional[dict] = None) -> None:
         elapsed = max(time.perf_counter() - window["start"], 1e-9)
@@ -204,7 +209,7 @@ def train_loop_per_worker(config: dict) -> dict:
             "resumed_from": resumed_from,
         }
         if rank == 0 and val_batches and (step % cfg.val_every == 0 or checkpoint_due):
-            row.update(_validate(plain, val_batches, device))
+            row.update(_validate(judged, val_batches, device))
         row.update(extra or {})
         if rank == 0:
             history.append({k: row.get(k, float("nan")) for k in METRIC_FIELDS})
@@ -234,6 +239,8 @@ def train_loop_per_worker(config: dict) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(plain)
             step += 1
             window["loss"].append(loss.item())
             window["psnr"].append(psnr_per_patch(out.detach(), y).mean().item())
@@ -249,6 +256,20 @@ def train_loop_per_worker(config: dict) -> dict:
     elif not window["reported"]:  # resumed at or past --steps: hand back the final state anyway
         report(True)
     return {"step": step, "resumed_from": resumed_from, "diverged": diverged}
+
+
+def weight_average(plain: torch.nn.Module, decay: float, state: Optional[dict]):
+    """--ema: torch's AveragedModel keeping an exponential moving average of `plain`'s weights,
+    starting from them (or from a resumed checkpoint's average); None when decay is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if state is not None and "raw" in state:  # the checkpoint's "model" is its average
+        ema.module.load_state_dict(state["model"])
+        ema.n_averaged.fill_(int(state.get("ema_averaged", 1)))
+    return ema
 
 
 # --- the driver ---
@@ -428,6 +449,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from .runtime import connect
 
     started = time.time()
+    cfg.check_ema()
     # Workers run in Ray's own folders: relative local paths must mean what they meant here.
     cfg = replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output), init_from=storage.absolute(cfg.init_from))
     fs, root = storage.resolve(cfg.data, cfg.s3())

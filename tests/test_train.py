@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from carray import jpeg
-from carray.config import PrepConfig, TrainConfig
+from carray.config import OptionError, PrepConfig, TrainConfig
 from carray.modelfiles import load_model
 from carray.prep import run_prep
 from carray.restore import restore_pixels
@@ -39,6 +39,35 @@ def tiny_data(tmp_path_factory, ray_session):
 def read_metrics(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_ema_validates_and_exports_the_average_and_a_resume_keeps_it(tiny_data, tmp_path):
+    """--ema: the average is what is validated and exported; the raw weights go on training; a
+    resumed run continues both."""
+    import torch
+
+    from carray.model import build_model, save_model
+
+    torch.manual_seed(0)
+    save_model(build_model("unshuffled-cnn", channels=1, blocks=1, width=8), str(tmp_path / "base.pt"), {"note": "base"})
+    cfg = dict(data=str(tiny_data), output=str(tmp_path / "run"), init_from=str(tmp_path / "base.pt"), steps=4, batch_size=8,
+               lr=1e-2, val_every=2, checkpoint_every=2, val_patches=16, ema=0.9)
+    run_train(TrainConfig(**cfg))
+    states = sorted((tmp_path / "run" / "train").glob("checkpoint_*/state.pt"))
+    last = torch.load(states[-1], map_location="cpu", weights_only=True)
+    assert last["step"] == 4 and last["ema_averaged"] == 4
+    averaged, raw = last["model"], last["raw"]
+    assert any(not torch.allclose(averaged[k], raw[k]) for k in raw)  # lr 1e-2: the average lags the weights
+    resumed = run_train(TrainConfig(**{**cfg, "steps": 6}))
+    again = torch.load(sorted((tmp_path / "run" / "train").glob("checkpoint_*/state.pt"))[-1], map_location="cpu", weights_only=True)
+    assert again["step"] == 6 and again["ema_averaged"] == 6 and resumed["resumed_from"] == 4
+    model, _ = load_model(resumed["model"])
+    exported = model.state_dict()
+    kept = [torch.load(p, map_location="cpu", weights_only=True) for p in (tmp_path / "run" / "train").glob("checkpoint_*/state.pt")]
+    assert any(all(torch.equal(exported[k], st["model"][k]) for k in exported) for st in kept)  # an average...
+    assert not any(all(torch.equal(exported[k], st["raw"][k]) for k in exported) for st in kept)  # ...never the raw weights
+    with pytest.raises(OptionError, match="--ema"):
+        run_train(TrainConfig(**{**cfg, "ema": 1.0}))
 
 
 def test_two_workers_train_checkpoint_get_killed_and_resume(tiny_data, tmp_path):
