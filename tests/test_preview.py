@@ -85,6 +85,14 @@ def test_scan_reads_headers_not_pixels(tmp_path):
     assert makeup["megapixel_histogram"] == {"< 1": 4}
 
 
+def test_the_rate_after_start_up():
+    from carray.infer.report import steady_rate
+
+    assert steady_rate((102.0, 1.0), 100.0, 104.0, 5.0) == {"seconds_to_first_output": 2.0, "steady_megapixels_per_second": 2.0}
+    assert steady_rate((102.0, 5.0), 100.0, 104.0, 5.0)["steady_megapixels_per_second"] is None  # all in the first pack
+    assert steady_rate(None, 100.0, 104.0, 0.0) == {"seconds_to_first_output": None, "steady_megapixels_per_second": None}
+
+
 def test_cost_estimate_arithmetic():
     est = estimate(megapixels=H100_JOB_MP_S * 3600, rate_here=2.0, gpus_here=0, cpus_here=4, listing_seconds=36)
     assert est["h100_job_as_measured"]["hours"] == 1.0
