@@ -4,7 +4,9 @@
 2. infer: the bundled Classic5 images (gray) and two LIVE1 colour images, saved as JPEG at q10 and
    q20, restored in one job with the shipped models (gray images by the gray model, colour images
    by the colour model);
-3. the gain: PSNR of each restored image and of its JPEG against the original (gray: Y, colour: RGB).
+3. the gain: PSNR of each restored image and of its JPEG against the original (gray: Y, colour: RGB);
+4. a preview of the same JPEGs (infer --preview 4): demo-output/preview/index.html, what a collection
+   owner looks at before a full run.
 """
 from __future__ import annotations
 
@@ -87,7 +89,12 @@ def main(argv=None) -> int:
     if code:
         return code
     report_gain(originals, out / "jpeg", out / "restored")
-    print(f"\nDemo done.\n  patches:  {out / 'patches'}\n  JPEGs:    {out / 'jpeg'}\n  restored: {out / 'restored'}")
+    print(f"\n== infer --preview 4: {out / 'jpeg'} -> {out / 'preview'}")
+    code = stage_main("infer", ["--input", str(out / "jpeg"), "--output", str(out / "preview"), "--preview", "4"], prog="demo preview")
+    if code:
+        return code
+    print(f"\nDemo done.\n  patches:  {out / 'patches'}\n  JPEGs:    {out / 'jpeg'}\n  restored: {out / 'restored'}\n"
+          f"  preview:  {out / 'preview' / 'index.html'} (open it in a browser)")
     return 0
 
 

@@ -50,16 +50,24 @@ def _format(raw) -> str:
     return str(raw)
 
 
-def _hours(key: str, hours) -> str:
+def hours_text(hours) -> str:
     if hours is None:
-        return value(key, hours)
-    return value(key, hours, f"{hours * 60:,.1f} min" if hours < 1 else f"{hours:,.1f} h")
+        return "n/a"
+    return f"{hours * 3600:.0f} s" if hours < 1 / 60 else f"{hours * 60:,.1f} min" if hours < 1 else f"{hours:,.1f} h"
+
+
+def dollars_text(dollars) -> str:
+    if dollars is None:
+        return "n/a"
+    return "under $0.01" if dollars[1] < 0.01 else f"${dollars[0]:,.2f} – ${dollars[1]:,.2f}"
+
+
+def _hours(key: str, hours) -> str:
+    return value(key, hours, hours_text(hours))
 
 
 def _dollars(key: str, dollars) -> str:
-    if dollars is None:
-        return value(key, dollars)
-    return value(key, dollars, f"${dollars[0]:,.2f} – ${dollars[1]:,.2f}")
+    return value(key, dollars, dollars_text(dollars))
 
 
 def _histogram(title: str, key: str, counts: dict, total: int, labels: dict | None = None) -> str:

@@ -208,6 +208,8 @@ def build_preview_summary(cfg, candidates: int, skipped: dict, scanned: list[dic
 
 
 def format_preview(summary: dict) -> str:
+    from .page import dollars_text, hours_text
+
     est, cost = summary["estimated"], summary["cost"]
     here = cost["this_cluster"]
     lines = [
@@ -215,18 +217,10 @@ def format_preview(summary: dict) -> str:
         f"({summary['headers_per_second']:.0f} files/s), {summary['shown']} restored as samples",
         f"estimated: {est['restored']} to restore, {est['passed_through']} passed through, {est['failed']} failing; "
         f"{cost['megapixels_to_restore']:.0f} MP to restore",
-        f"this cluster: {here['megapixels_per_second']:.3f} MP/s measured -> {_hours(here['hours'])}, {_usd(here['dollars'])} "
+        f"this cluster: {here['megapixels_per_second']:.3f} MP/s measured -> {hours_text(here['hours'])}, {dollars_text(here['dollars'])} "
         f"({here['devices']:g} {here['device']}s)",
         f"one H100, the job as measured ({cost['h100_job_as_measured']['megapixels_per_second']} MP/s): "
-        f"{_hours(cost['h100_job_as_measured']['hours'])}, {_usd(cost['h100_job_as_measured']['dollars'])}",
+        f"{hours_text(cost['h100_job_as_measured']['hours'])}, {dollars_text(cost['h100_job_as_measured']['dollars'])}",
         f"page: {summary['output']}/{PAGE_FILE}",
     ]
     return "\n".join(lines)
-
-
-def _hours(h) -> str:
-    return "n/a" if h is None else f"{h * 60:.1f} min" if h < 1 else f"{h:.1f} h"
-
-
-def _usd(d) -> str:
-    return "n/a" if d is None else f"${d[0]:,.2f}-{d[1]:,.2f}"
