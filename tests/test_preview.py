@@ -11,7 +11,7 @@ from PIL import Image
 
 from carray import jpeg
 from carray.cli import main as cli_main
-from carray.infer.compare import Region, crop_png, most_changed
+from carray.infer.compare import Region, crop_png, mean_change, most_changed
 from carray.infer.cost import GPU_HOUR_USD, H100_JOB_MP_S, estimate
 from carray.infer.layout import Locations
 from carray.infer.page import _format
@@ -51,6 +51,11 @@ def test_most_changed_finds_the_window_restoring_changed():
     with Image.open(io.BytesIO(crop_png(after, region))) as crop:
         assert crop.size == (64, 64)
     assert most_changed(before[:30, :20], after[:30, :20], 64) == Region(0, 0, 30, 20)  # smaller than the window
+    tall = np.repeat(before, 7, axis=0)  # 1400 rows: more than one stripe
+    changed = tall.copy()
+    changed[1300:1340, 8:48] = 0
+    assert most_changed(tall, changed, 64).top in range(1276, 1301)
+    assert mean_change(tall, changed) == pytest.approx(np.abs(changed.astype(int) - tall).mean())
     with pytest.raises(ValueError, match="restored image"):
         most_changed(before, after[:100], 64)
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 BLOCK = 8  # the search moves in JPEG's 8x8 blocks: the changes restoring makes follow them
+STRIPE = 128 * BLOCK  # rows compared at a time
 THUMBNAIL_SIDE = 480
 
 
@@ -32,12 +33,14 @@ def most_changed(before: np.ndarray, after: np.ndarray, size: int) -> Region:
         raise ValueError(f"the restored image is {after.shape}, the input {before.shape}")
     h, w = before.shape[:2]
     wh, ww = min(size, h), min(size, w)
-    change = change_map(before, after)
     bh, bw = h // BLOCK, w // BLOCK
     nh, nw = min(wh // BLOCK, bh), min(ww // BLOCK, bw)
     if nh == 0 or nw == 0:  # smaller than a block: the whole image
         return Region(0, 0, wh, ww)
-    blocks = change[: bh * BLOCK, : bw * BLOCK].reshape(bh, BLOCK, bw, BLOCK).sum(axis=(1, 3), dtype=np.int64)
+    blocks = np.concatenate([  # stripe by stripe: a 100 MP image's whole change map would take GBs
+        change_map(before[y:end, : bw * BLOCK], after[y:end, : bw * BLOCK]).reshape(-1, BLOCK, bw, BLOCK).sum(axis=(1, 3), dtype=np.int64)
+        for y in range(0, bh * BLOCK, STRIPE) for end in [min(y + STRIPE, bh * BLOCK)]
+    ])
     integral = np.pad(blocks.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = integral[nh:, nw:] - integral[:-nh, nw:] - integral[nh:, :-nw] + integral[:-nh, :-nw]
     i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
@@ -50,7 +53,10 @@ def mean_change(before: np.ndarray, after: np.ndarray, region: Region | None = N
     if region is not None:
         rows, cols = slice(region.top, region.top + region.height), slice(region.left, region.left + region.width)
         before, after = before[rows, cols], after[rows, cols]
-    return float(np.abs(after.astype(np.int32) - before.astype(np.int32)).mean()) if before.size else 0.0
+    if not before.size:
+        return 0.0
+    total = sum(int(change_map(before[y : y + STRIPE], after[y : y + STRIPE]).sum()) for y in range(0, before.shape[0], STRIPE))
+    return total / before.size
 
 
 def crop_png(pixels: np.ndarray, region: Region) -> bytes:
