@@ -45,7 +45,7 @@ def run_batch(model: nn.Module, windows: list[np.ndarray], device: Optional[torc
     CUDA the batch goes through pinned host memory with non-blocking copies both ways, so the copy
     of one batch can overlap the kernels queued before it; one synchronize at the end."""
     x = np.stack([w.transpose(2, 0, 1) for w in windows])
-    if hasattr(model, "run_numpy"):
+    if not is_torch_network(model):
         q = None if qualities[0] is None else np.array(qualities, np.float32)
         return list(model.run_numpy(x, q).transpose(0, 2, 3, 1))
     import torch
@@ -72,9 +72,14 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
+def is_torch_network(model) -> bool:
+    """A PyTorch module, as opposed to an ONNX network (:class:`carray.onnxnet.OnnxNetwork`, numpy in and out)."""
+    return not hasattr(model, "run_numpy")
+
+
 def network_device(model) -> Optional["torch.device"]:
     """Where a PyTorch network's weights are; None for an ONNX network (numpy on the CPU)."""
-    return None if hasattr(model, "run_numpy") else next(model.parameters()).device
+    return next(model.parameters()).device if is_torch_network(model) else None
 
 
 def restore_planes(
@@ -144,11 +149,10 @@ def restore_pixels(
 
     A PyTorch network restores on its device (carray/ondevice.py); an ONNX network, and the x8
     ensemble, go through float32 planes on the host."""
-    device = device or network_device(model)
-    if device is not None and not tta:  # a PyTorch network: uint8 in and out, everything between on its device
+    if is_torch_network(model) and not tta:  # uint8 in and out, everything between on the network's device
         from .ondevice import restore_tiled_on_device
 
-        return restore_tiled_on_device(model, pixels, device, quality, tile, tile_margin(model), batch)
+        return restore_tiled_on_device(model, pixels, device or network_device(model), quality, tile, tile_margin(model), batch)
     planes, back = network_planes(model, pixels)
     return back(restore_planes(model, planes, tile, device, quality, tta))
 
@@ -179,7 +183,7 @@ def restore_in_batches(
 def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list) -> list[np.ndarray]:
     """uint8 images of one shape through the network in one forward pass: on a PyTorch network's
     device (carray/ondevice.py), or through float32 planes on the host for an ONNX network."""
-    if not hasattr(model, "run_numpy"):
+    if is_torch_network(model):
         from .ondevice import restore_batch_on_device
 
         return restore_batch_on_device(model, pixels, device or network_device(model), qualities)
