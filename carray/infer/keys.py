@@ -22,6 +22,7 @@ from .layout import FAILURES_FILE, Locations
 from .packs import PACK_KEYS
 from .plan import skip_reason
 from .resources import PLAN_CPUS
+from .sink import read_failures
 
 # Keys per pack when reading key files: each pack is a row and a block of its own (the run sets a
 # tiny target block size), the unit Ray Data hands to one task or actor call.
@@ -207,7 +208,5 @@ def _inventory_dataset(location: str, fs, path: str, src_root: str):
 
 def failures_as_manifest(where: Locations) -> Optional[list[str]]:
     """The paths of the last run's _failures.jsonl (for --retry-failed)."""
-    path = where.output_path(FAILURES_FILE)
-    if not storage.exists(where.dst_fs, path):
-        return None
-    return [json.loads(line)["path"] for line in storage.read_bytes(where.dst_fs, path).decode().splitlines() if line.strip()]
+    failures = read_failures(where.dst_fs, where.output_path(FAILURES_FILE))
+    return None if failures is None else list(failures)

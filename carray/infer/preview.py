@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ from .report import PROGRESS_EVERY_S
 from .resources import READ_CPUS
 from .sample import BottomK
 from .scan import FAIL, PASS, RESTORE, make_up, scan_pack
+from .sink import read_failures
 
 if TYPE_CHECKING:
     from ..config import InferConfig
@@ -115,13 +115,7 @@ def scan_headers(keys: list[str], where: Locations, cfg: "InferConfig") -> list[
 
 def sample_outcomes(shown: list[str], scanned: list[dict], where: Locations, fmt: str) -> list[dict]:
     """What the job did with each shown input: restored, passed through, or failed, and why."""
-    failures_path = storage.join(where.dst_root, RESTORED_DIR, FAILURES_FILE)
-    failures = {}
-    if storage.exists(where.dst_fs, failures_path):
-        for line in storage.read_bytes(where.dst_fs, failures_path).decode().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                failures[entry["path"]] = entry["reason"]
+    failures = read_failures(where.dst_fs, storage.join(where.dst_root, RESTORED_DIR, FAILURES_FILE)) or {}
     outcomes = []
     for index, (path, row) in enumerate(zip(shown, scanned)):
         restored = output_name(path, fmt)

@@ -6,7 +6,9 @@ Write tasks record failures as part files in the work folder (readable even if t
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from typing import Optional
 
 import pyarrow.fs as pafs
 from ray.data import Datasink
@@ -14,6 +16,14 @@ from ray.data import Datasink
 from .. import storage
 from .layout import FAILURES_FILE, Locations
 from .packs import unpack
+
+
+def read_failures(fs, path: str) -> Optional[dict[str, str]]:
+    """A _failures.jsonl as {input path: reason}, in its order; None when it does not exist."""
+    if not storage.exists(fs, path):
+        return None
+    lines = storage.read_bytes(fs, path).decode().splitlines()
+    return {entry["path"]: entry["reason"] for entry in map(json.loads, filter(str.strip, lines))}
 
 
 def new_counts() -> dict:
