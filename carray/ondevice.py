@@ -2,8 +2,8 @@
 
 What used to be the host's work per image runs where the network runs: the conversion to float,
 the colour handling (:func:`carray.restore.network_planes`' four cases), the tiling of a large image
-(windows cut from the image already on the device, run a batch at a time, their cores stitched
-there), the clamp and the rounding back to uint8. Host and device exchange uint8 only (a quarter of
+(uint8 windows cut from the image already on the device, made float a batch at a time, their
+cores clamped, rounded back to uint8 and stitched there: no float copy of the whole image exists). Host and device exchange uint8 only (a quarter of
 float32's bytes), through pinned memory with non-blocking copies on CUDA, and one synchronize per
 call. On the CPU device the same code runs (the tests' path). The results equal
 :func:`carray.restore.restore_pixels` within one grey level (float32 here where the host's colour
@@ -11,7 +11,7 @@ conversion is float64).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -40,27 +40,41 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def planes_on_device(model, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """uint8 (n, h, w) gray or (n, h, w, 3) RGB on the device -> (float32 (n, c, h, w) planes on
-    [0, 1] the network sees, a function turning its output planes back into uint8 of x's shape).
-    The four cases of :func:`carray.restore.network_planes`."""
+def to_planes(model, x: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, h, w) gray or (n, h, w, 3) RGB on the device -> the float32 (n, c, h, w) planes on
+    [0, 1] the network sees: the four cases of :func:`carray.restore.network_planes` (a gray model
+    on RGB sees MATLAB-YCbCr Y; a colour model on gray sees the gray value in all three channels)."""
     channels = model.args["channels"]
-    if x.ndim == 3 and channels == 1:
-        return x[:, None].float().div_(255), lambda y: _to_uint8(y[:, 0] * 255)
-    if x.ndim == 4 and channels == 3:
-        return x.permute(0, 3, 1, 2).float().div_(255), lambda y: _to_uint8(y.permute(0, 2, 3, 1) * 255)
-    if x.ndim == 4:  # gray model, colour image: restore Y in the MATLAB YCbCr space, keep Cb and Cr
-        to_ycc = torch.tensor(_RGB_TO_YCBCR, dtype=torch.float32, device=x.device)
-        offset = torch.tensor(_YCBCR_OFFSET, dtype=torch.float32, device=x.device)
-        ycc = x.float() @ to_ycc.T + offset
+    if x.ndim == 3:
+        planes = x[:, None].float().div_(255)
+        return planes if channels == 1 else planes.expand(-1, 3, -1, -1)
+    if channels == 3:
+        return x.permute(0, 3, 1, 2).float().div_(255)
+    return (_to_ycbcr(x)[..., 0] / 255)[:, None]
 
-        def back_to_rgb(y: torch.Tensor) -> torch.Tensor:
-            ycc[..., 0] = y[:, 0] * 255
-            return _to_uint8((ycc - offset) @ torch.linalg.inv(to_ycc).T)
 
-        return (ycc[..., 0] / 255)[:, None], back_to_rgb
-    rgb = x[:, None].float().div_(255).expand(-1, 3, -1, -1)
-    return rgb, lambda y: _to_uint8(y.mean(dim=1) * 255)
+def to_pixels(model, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The network's output planes (n, c, h, w) and the uint8 input `x` of the same region ->
+    restored uint8 of x's shape. A gray model on RGB replaces Y and keeps x's own Cb and Cr."""
+    channels = model.args["channels"]
+    if x.ndim == 3:
+        return _to_uint8((y[:, 0] if channels == 1 else y.mean(dim=1)) * 255)
+    if channels == 3:
+        return _to_uint8(y.permute(0, 2, 3, 1) * 255)
+    ycc = _to_ycbcr(x)
+    ycc[..., 0] = y[:, 0] * 255
+    to_ycc, offset = _ycbcr_matrix(x.device)
+    return _to_uint8((ycc - offset) @ torch.linalg.inv(to_ycc).T)
+
+
+def _ycbcr_matrix(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(_RGB_TO_YCBCR, dtype=torch.float32, device=device),
+            torch.tensor(_YCBCR_OFFSET, dtype=torch.float32, device=device))
+
+
+def _to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    to_ycc, offset = _ycbcr_matrix(x.device)
+    return x.float() @ to_ycc.T + offset
 
 
 def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Tensor:
@@ -71,28 +85,32 @@ def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Te
 def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.device, qualities: list) -> list[np.ndarray]:
     """Images of one shape (uint8), each restored in one piece, in one forward pass -> uint8 each."""
     with torch.inference_mode():
-        planes, back = planes_on_device(model, _upload(np.stack(pixels), device))
-        return list(_download(back(_forward(model, planes, qualities))))
+        x = _upload(np.stack(pixels), device)
+        return list(_download(to_pixels(model, _forward(model, to_planes(model, x), qualities), x)))
 
 
 def restore_tiled_on_device(model, pixels: np.ndarray, device: torch.device, quality, tile: int, margin: int,
                             batch: int = 1) -> np.ndarray:
     """One image (uint8) of any size -> restored uint8: uploaded once, its windows (those of
-    :func:`carray.patches.plan_tiles`, as the host's tiling cuts them) cut on the device and run
-    `batch` at a time per window shape, their cores stitched there, downloaded once."""
+    :func:`carray.patches.plan_tiles`, as the host's tiling cuts them) cut from the uint8 image on the
+    device and run `batch` at a time per window shape, each core turned back into uint8 and stitched
+    there, downloaded once. Float exists for a batch of windows only: no float copy of the whole
+    image is ever made (on a CPU, the passes over 100-MB float buffers cost more than an identity
+    network's whole job; on a GPU, a 100-MP image needs no GB of float)."""
     with torch.inference_mode():
-        planes, back = planes_on_device(model, _upload(pixels[None], device))
-        out = torch.empty_like(planes)
+        x = _upload(pixels[None], device)
+        out = torch.empty_like(x)
         groups: dict[tuple, list] = {}
-        for t in plan_tiles(planes.shape[2], planes.shape[3], tile, margin, align=8):
+        for t in plan_tiles(x.shape[1], x.shape[2], tile, margin, align=8):
             wy0, wy1, wx0, wx1 = t.window
             groups.setdefault((wy1 - wy0, wx1 - wx0), []).append(t)
         for tiles in groups.values():
             for start in range(0, len(tiles), max(1, batch)):
                 chunk = tiles[start : start + max(1, batch)]
-                windows = torch.cat([planes[:, :, t.window[0] : t.window[1], t.window[2] : t.window[3]] for t in chunk])
-                restored = _forward(model, windows, [quality] * len(chunk))
-                for t, y in zip(chunk, restored):
+                windows = torch.cat([x[:, t.window[0] : t.window[1], t.window[2] : t.window[3]] for t in chunk])
+                restored = _forward(model, to_planes(model, windows), [quality] * len(chunk))
+                for i, t in enumerate(chunk):
                     (wy0, _, wx0, _), (cy0, cy1, cx0, cx1) = t.window, t.core
-                    out[0, :, cy0:cy1, cx0:cx1] = y[:, cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0]
-        return _download(back(out))[0]
+                    core = (slice(i, i + 1), slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
+                    out[:, cy0:cy1, cx0:cx1] = to_pixels(model, restored[core[0], :, core[1], core[2]], windows[core])
+        return _download(out)[0]
