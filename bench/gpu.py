@@ -93,13 +93,15 @@ def measure(model, device, precision: str, batch: int, tile: int, margin: int, s
     return output_rate(step, device, batch, tile, seconds)
 
 
-def measure_actor_path(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float) -> float:
-    """carray.ondevice.restore_tiled_on_device, the restoring actors' code for an image: a 12 MP
-    uint8 photo (4000 x 3000) uploaded, converted, cut into windows on the device and run `batch`
-    per forward, stitched, rounded to uint8 and downloaded. MP/s of photos."""
+def measure_actor_path(model, device, precision: str, batch: int, tile: int, margin: int, seconds: float, megapixels: float = 12.0) -> float:
+    """carray.ondevice.restore_tiled_on_device, the restoring actors' code for an image: a 4:3
+    uint8 photo of `megapixels` (12: 4000 x 3000) uploaded, converted, cut into windows on the device
+    and run `batch` per forward, stitched, rounded to uint8 and downloaded. MP/s of photos."""
     import numpy as np
 
-    shape = (3000, 4000, 3) if model.args["channels"] == 3 else (3000, 4000)
+    height = max(1, round((megapixels * 1e6 * 3 / 4) ** 0.5))
+    size = (height, max(1, round(height * 4 / 3)))
+    shape = (*size, 3) if model.args["channels"] == 3 else size
     photo = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     autocast = autocast_for(device, precision)
 
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case")
+    parser.add_argument("--photo-mp", type=float, default=12.0, help="megapixels of the actor path's photo (4:3)")
     parser.add_argument("--psnr", action="store_true", help="also each precision's PSNR on the bundled LIVE1 images, against fp32's")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's peak, when it is not in the table")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name} | model {model.arch} {model.args} | tile {args.tile} + margin {margin} | "
           f"{flops_per_pixel / 1e3:.0f} kFLOP per output pixel (margins included)")
-    print(f"{'precision':>9} {'tile batch':>10} {'MP/s':>9} {'x fp32 b1':>10} {'% of peak':>10} {'actor path, 12 MP photos':>25}")
+    print(f"{'precision':>9} {'tile batch':>10} {'MP/s':>9} {'x fp32 b1':>10} {'% of peak':>10} {f'actor path, {args.photo_mp:g} MP photos':>25}")
     baseline = None
     for precision in precisions:
         for batch in args.batches:
@@ -177,7 +180,7 @@ def main() -> None:
             baseline = baseline or rate
             peak = peak_tflops(device, precision, args.peak_tflops)
             share = f"{100 * rate * 1e6 * flops_per_pixel / (peak * 1e12):9.1f}%" if peak else f"{'n/a':>10}"
-            actor = measure_actor_path(model, device, precision, batch, args.tile, margin, args.seconds)
+            actor = measure_actor_path(model, device, precision, batch, args.tile, margin, args.seconds, args.photo_mp)
             print(f"{precision:>9} {batch:>10} {rate:9.2f} {rate / baseline:10.2f} {share} {actor:25.2f}", flush=True)
     if args.psnr:
         psnr_by_precision(device, precisions, args.tile)

@@ -6,5 +6,5 @@ torch. carray/model.py builds its registry from the same table (tests/test_model
 ARCH_OPTIONS = {
     "arcnn": ("residual", "relu_output", "padding_mode"),
     "fast-arcnn": ("residual", "padding_mode"),
-    "unshuffled-cnn": ("blocks", "width", "padding_mode", "quality_input"),
+    "unshuffled-cnn": ("blocks", "width", "padding_mode", "quality_input", "coding_input"),
 }

@@ -213,6 +213,13 @@ class PrepConfig(ClusterOptions):
         help="Inputs are pairs: name.bmp|png|tif beside name.jpg; the JPEGs are used as they are.",
     )
     color: bool = option(False, help="Keep RGB patches (3 channels); default is the gray Y channel (MATLAB BT.601).")
+    vary_chroma: float = option(
+        0.0,
+        help="--color: the share (0..1) of compressions whose chroma is coded as cameras and editors often "
+        "code it instead of libjpeg's default (4:2:0, chroma table at the luma quality): 4:4:4, 4:2:2 or 4:2:0 "
+        "and a chroma table 30 below to 30 above the luma quality, drawn per image and quality. The patches "
+        "record it, for networks that see the coding (train --coding-input).",
+    )
     downscale: float = option(
         1.0,
         help="Shrink each clean image by this factor (Lanczos) before compressing it. For photographs that "
@@ -241,6 +248,13 @@ class TrainConfig(ClusterOptions):
         False,
         help="unshuffled-cnn only: condition the network on each patch's JPEG quality (read from the "
         "JPEG's tables at inference), so one model adapts its strength from q10 to q100.",
+    )
+    coding_input: bool = option(
+        False,
+        help="unshuffled-cnn, colour: also condition the network on how each JPEG coded its chroma (the "
+        "chrominance table's quality and the chroma subsampling, read from the file at inference; prep "
+        "--vary-chroma makes training data that varies them). Implies --quality-input. With --init-from a "
+        "quality-conditioned model, the new inputs start at zero: training starts from that model.",
     )
     init_from: Optional[str] = option(
         None,
@@ -403,6 +417,16 @@ class EvaluateConfig(RestoreOptions, ClusterOptions):
         nargs="*",
     )
     color: bool = option(False, help="Evaluate RGB (PSNR on RGB, SSIM mean over channels) with the colour model; default: gray Y channel (MATLAB).")
+    subsampling: str = option(
+        "4:2:0",
+        help="--color: chroma subsampling of the test JPEGs (single-compression settings). 4:2:0 with the chroma table at "
+        "the luma quality is libjpeg's default and how published results make their JPEGs; 4:4:4 and 4:2:2 are common "
+        "from cameras and editors at high qualities.",
+        choices=("4:2:0", "4:2:2", "4:4:4"),
+    )
+    chroma_offset: int = option(
+        0, help="--color: code the test JPEGs' chroma table at the luma quality plus this (clipped to 1..100); 0 = libjpeg's default."
+    )
     figures: int = option(3, help="Side-by-side crops (original | JPEG | restored) for this many images, at the first setting.")
 
 

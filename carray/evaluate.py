@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from . import jpeg, metrics, storage
 from .config import EvaluateConfig, parse_double, parse_qualities
-from .images import IMAGE_EXTENSIONS, ImageError, decode_image, jpeg_quality
+from .images import IMAGE_EXTENSIONS, ImageError, decode_image, read_header
 from .pairs import prepare_pixels
-from .quality import Policy
+from .quality import DEFAULT_SUBSAMPLING, SUBSAMPLING_CODES, Policy, coding
 
 SCORES = ("psnr", "ssim", "psnr_b")
 
@@ -32,18 +32,32 @@ def score(original: np.ndarray, test: np.ndarray) -> dict[str, float]:
 DOUBLE_SHIFT = (4, 4)  # FBCNN's non-aligned double-JPEG benchmark
 
 
-def compress_for_test(original: np.ndarray, quality: int, first_quality: int = -1) -> tuple[np.ndarray, bytes]:
+@dataclass(frozen=True)
+class ChromaCoding:
+    """How the test JPEGs code colour: `subsampling` code (carray.quality.SUBSAMPLING_CODES) and the
+    chroma table's quality relative to the luma's (`offset`). The default is how published results
+    make their JPEGs (libjpeg at quality q: 4:2:0, chroma table at q)."""
+
+    subsampling: int = DEFAULT_SUBSAMPLING
+    offset: int = 0
+
+    def arguments(self, quality: int) -> dict:
+        chroma = int(np.clip(quality + self.offset, 1, 100))
+        return {"chroma_quality": chroma, "subsampling": self.subsampling}
+
+
+def compress_for_test(original: np.ndarray, quality: int, first_quality: int = -1, chroma: ChromaCoding = ChromaCoding()) -> tuple[np.ndarray, bytes]:
     """The test input: (reference, JPEG bytes). Single: the original at `quality`. Double
     (first_quality > 0): at `first_quality`, shifted by DOUBLE_SHIFT, then at `quality`; the
     reference is the original shifted the same way."""
     if first_quality > 0:
         return jpeg.compress_twice(original, first_quality, quality, DOUBLE_SHIFT)
-    return original, jpeg.compress(original, quality)
+    return original, jpeg.compress(original, quality, **chroma.arguments(quality))
 
 
 def evaluate_image(
     model, data: bytes, quality: int, color: bool, tile: int, device=None, first_quality: int = -1,
-    policy: Policy = Policy(), max_pixels: Optional[int] = None, tta: bool = False,
+    policy: Policy = Policy(), max_pixels: Optional[int] = None, tta: bool = False, chroma: ChromaCoding = ChromaCoding(),
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """One clean image at one setting -> (scores row, reference, JPEG, result), the result being
     what the infer job would write: restored at the quality the JPEG's own tables say, or the JPEG
@@ -51,10 +65,13 @@ def evaluate_image(
     from .restore import restore_pixels
 
     original = prepare_pixels(decode_image(data, max_pixels).pixels, color)
-    reference, jpeg_bytes = compress_for_test(original, quality, first_quality)
+    reference, jpeg_bytes = compress_for_test(original, quality, first_quality, chroma)
     degraded = prepare_pixels(decode_image(jpeg_bytes, None).pixels, color)
-    use, passed = policy.decide(jpeg_quality(jpeg_bytes))
-    restored = degraded if passed else restore_pixels(model, degraded, tile, device, quality=use, tta=tta)
+    header = read_header(jpeg_bytes)
+    use, passed = policy.decide(header.quality)
+    # As the infer job does: the coding the file's own header says (an overridden quality overrides the chroma's).
+    how = None if use is None else coding(use, header.chroma_quality if policy.override is None else use, header.subsampling)
+    restored = degraded if passed else restore_pixels(model, degraded, tile, device, quality=how, tta=tta)
     row = {f"jpeg_{k}": v for k, v in score(reference, degraded).items()}
     row.update({f"carray_{k}": v for k, v in score(reference, restored).items()})
     row["passed"] = passed
@@ -71,12 +88,13 @@ class Evaluator:
     its PNG bytes (so nothing is restored twice)."""
 
     def __init__(self, model_file: bytes, fs, root: str, color: bool, tile: int, threads: int, policy: Policy, max_pixels: Optional[int], tta: bool = False,
-                 precision: str = "fp32", onnx: Optional[dict] = None):
+                 precision: str = "fp32", onnx: Optional[dict] = None, chroma: ChromaCoding = ChromaCoding()):
         from .quantize import setup_restoring_process
 
         self.device, networks = setup_restoring_process({"model": model_file}, precision, threads, onnx)
         self.model = networks["model"]
         self.fs, self.root, self.color, self.tile, self.policy, self.max_pixels, self.tta = fs, root, color, tile, policy, max_pixels, tta
+        self.chroma = chroma
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -85,7 +103,7 @@ class Evaluator:
             try:
                 data = storage.read_bytes(self.fs, storage.join(self.root, image))
                 row, reference, degraded, restored = evaluate_image(
-                    self.model, data, int(quality), self.color, self.tile, self.device, int(first), self.policy, self.max_pixels, self.tta
+                    self.model, data, int(quality), self.color, self.tile, self.device, int(first), self.policy, self.max_pixels, self.tta, self.chroma
                 )
                 out.update(row)
                 if figure:
@@ -176,7 +194,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         Evaluator,
         fn_constructor_kwargs=dict(
             model_file=model_file, fs=fs, root=root, color=cfg.color, tile=cfg.tile, threads=pool.threads, policy=policy, max_pixels=cfg.max_pixels, tta=cfg.tta,
-            precision=precision, onnx=onnx,
+            precision=precision, onnx=onnx, chroma=ChromaCoding(SUBSAMPLING_CODES[cfg.subsampling], cfg.chroma_offset),
         ),
         compute=ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
         batch_size=1,
@@ -198,6 +216,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     writer.writerows(rows)
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "results.csv"), buf.getvalue().encode())
     mode = "colour (RGB)" if cfg.color else "gray (Y)"
+    if cfg.color:  # how the JPEGs coded colour: published results use libjpeg's default
+        mode += f", JPEGs by Pillow's libjpeg with {cfg.subsampling} chroma" + (f", chroma table at q{cfg.chroma_offset:+d}" if cfg.chroma_offset else "")
     storage.write_bytes_atomic(out_fs, storage.join(out_root, "results.md"), markdown(table, f"{cfg.images}, {mode}").encode())
     for image, png in figures.items():
         name = image.replace("/", "_").rsplit(".", 1)[0] + f"_{setting_name(figure_setting[0], figure_setting[1]).replace('>', '-')}.png"

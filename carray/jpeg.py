@@ -6,17 +6,31 @@ shared SOURCES.md): gray images are coded as one-channel JPEGs, RGB with 4:2:0 c
 from __future__ import annotations
 
 import io
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from .quality import DEFAULT_SUBSAMPLING, STANDARD_CHROMA, SUBSAMPLING_CODES, ijg_table  # noqa: F401 - codes re-exported
 
-def compress(pixels: np.ndarray, quality: int) -> bytes:
-    """uint8 (h, w) or (h, w, 3) -> JPEG bytes at `quality` (1..100)."""
-    if not 1 <= int(quality) <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+
+def compress(pixels: np.ndarray, quality: int, chroma_quality: Optional[int] = None, subsampling: Optional[int] = None) -> bytes:
+    """uint8 (h, w) or (h, w, 3) -> JPEG bytes at `quality` (1..100). Colour only: `chroma_quality`
+    codes Cb and Cr with the standard chrominance table at that quality instead of `quality`'s (as
+    cameras and editors often do), `subsampling` 0/1/2 = 4:4:4 / 4:2:2 / 4:2:0 (the default)."""
+    for name, value in (("JPEG quality", quality), ("chroma quality", chroma_quality)):
+        if value is not None and not 1 <= int(value) <= 100:
+            raise ValueError(f"{name} must be in 1..100, got {value}")
+    options: dict = {"quality": int(quality)}
+    if pixels.ndim == 3 and subsampling is not None:
+        options["subsampling"] = int(subsampling)
+    if pixels.ndim == 3 and chroma_quality is not None and int(chroma_quality) != int(quality):
+        # The tables libjpeg's quality would write, with the chroma one at its own quality. Without
+        # `quality`: Pillow would scale the given tables by it again.
+        del options["quality"]
+        options["qtables"] = [ijg_table(quality).astype(int).tolist(), ijg_table(chroma_quality, STANDARD_CHROMA).astype(int).tolist()]
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=int(quality))
+    Image.fromarray(pixels).save(buf, format="JPEG", **options)
     return buf.getvalue()
 
 
@@ -26,9 +40,9 @@ def decompress(data: bytes) -> np.ndarray:
         return np.asarray(img).copy()
 
 
-def roundtrip(pixels: np.ndarray, quality: int) -> np.ndarray:
-    """Compress at `quality` and decode again: the degraded image, same shape and dtype."""
-    return decompress(compress(pixels, quality))
+def roundtrip(pixels: np.ndarray, quality: int, chroma_quality: Optional[int] = None, subsampling: Optional[int] = None) -> np.ndarray:
+    """Compress (:func:`compress`) and decode again: the degraded image, same shape and dtype."""
+    return decompress(compress(pixels, quality, chroma_quality, subsampling))
 
 
 def compress_twice(pixels: np.ndarray, first: int, second: int, shift: tuple[int, int]) -> tuple[np.ndarray, bytes]:

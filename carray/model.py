@@ -3,8 +3,11 @@
 Tensor contract: (n, c, h, w) float32 on [0, 1], c = 1 (gray Y) or 3 (RGB); any h, w >= 1.
 Outputs have the input's shape and are not clamped (clamp when converting to pixels).
 Every network takes ``forward(x, quality=None)``; ``quality`` is (n,) float, the IJG JPEG quality
-1..100 of each input (carray/quality.py reads it from the file's tables). Networks built with
-``quality_input=True`` (``takes_quality``) need it; the others ignore it.
+1..100 of each input (carray/quality.py reads it from the file's tables), or (n, 3) *codings*: luma
+quality, chroma quality and chroma subsampling code (carray.quality.SUBSAMPLING_CODES: 0 = 4:4:4,
+1 = 4:2:2, 2 = 4:2:0). Networks built with ``quality_input=True`` (``takes_quality``) need it; those
+built with ``coding_input=True`` as well see all three (given (n,) qualities, they assume libjpeg's
+default coding: chroma at the luma quality, 4:2:0); the others ignore it.
 
 Model files hold a ``state_dict`` plus JSON of the constructor arguments and of how the model was
 trained, and load with ``torch.load(weights_only=True)``: no pickled code ever runs.
@@ -79,6 +82,7 @@ class ARCNN(nn.Module):
     stride = 1
 
     takes_quality = False
+    takes_coding = False
 
     def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.out(self.features(x))
@@ -112,6 +116,7 @@ class FastARCNN(nn.Module):
         self.up = nn.ConvTranspose2d(64, channels, 9, stride=2, padding=4, output_padding=1)
 
     takes_quality = False
+    takes_coding = False
 
     def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -158,22 +163,56 @@ class QualityFiLM(nn.Module):
     network that gains this module starts out as the network it was: fine-tuning a model trained
     without quality begins exactly where that model was."""
 
-    def __init__(self, layers: int, width: int, hidden: int = 64):
+    #: Inputs of the first layer: q and log q; with the coding also chroma q, log chroma q, and the
+    #: chroma's horizontal and vertical halving (4:4:4 = 0 0, 4:2:2 = 1 0, 4:2:0 = 1 1).
+    QUALITY_FEATURES, CODING_FEATURES = 2, 6
+
+    def __init__(self, layers: int, width: int, hidden: int = 64, coding: bool = False):
         super().__init__()
-        self.layers, self.width = layers, width
+        self.layers, self.width, self.coding = layers, width, coding
         self.net = nn.Sequential(
-            nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(self.CODING_FEATURES if coding else self.QUALITY_FEATURES, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, layers * 2 * width),
         )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, quality: torch.Tensor) -> torch.Tensor:
-        """quality (n,) in 1..100 -> (n, layers, 2, width, 1, 1)."""
-        q = quality.float().clamp(1, 100).reshape(-1, 1) / 100
+        """quality (n,) in 1..100, or codings (n, 3) (module docstring) -> (n, layers, 2, width, 1, 1)."""
+        coding = as_codings(quality)
+        q = coding[:, :2].float().clamp(1, 100) / 100
         # q and log q: the artifacts change fastest at low qualities, where 1/q scales the tables.
-        features = torch.cat([q, torch.log(q)], dim=1)
-        return self.net(features).reshape(-1, self.layers, 2, self.width, 1, 1)
+        features = [q[:, :1], torch.log(q[:, :1])]
+        if self.coding:
+            sub = coding[:, 2:3].float()
+            features += [q[:, 1:], torch.log(q[:, 1:]), (sub >= 1).float(), (sub >= 2).float()]
+        return self.net(torch.cat(features, dim=1)).reshape(-1, self.layers, 2, self.width, 1, 1)
+
+
+#: The coding assumed where only the luma quality is known: libjpeg's default for colour.
+DEFAULT_SUBSAMPLING_CODE = 2
+
+
+def conditioning(values: list, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """Per-image qualities (numbers) or codings ((luma quality, chroma quality, subsampling code)
+    tuples, :func:`carray.quality.coding`) -> the networks' `quality` input, (n,) or (n, 3) float32
+    on `device`; None when there is none (networks that are not conditioned)."""
+    if not values or values[0] is None:
+        return None
+    return torch.tensor([v if isinstance(v, (tuple, list)) else float(v) for v in values], dtype=torch.float32, device=device)
+
+
+def as_codings(quality: torch.Tensor) -> torch.Tensor:
+    """(n,) qualities or (n, 3) codings -> (n, 3) codings; a missing chroma quality (below 1, as in
+    gray patches) is the luma's, a missing subsampling (below 0) 4:2:0."""
+    if quality.ndim == 1:
+        q = quality.float()
+        return torch.stack([q, q, torch.full_like(q, 2.0)], dim=1)  # DEFAULT_SUBSAMPLING_CODE (TorchScript takes no globals)
+    coding = quality.float()
+    chroma = torch.where(coding[:, 1] >= 1, coding[:, 1], coding[:, 0])
+    sub = torch.where(coding[:, 2] >= 0, coding[:, 2], torch.full_like(coding[:, 2], 2.0))
+    return torch.stack([coding[:, 0], chroma, sub], dim=1)
 
 
 class UnshuffledCNN(nn.Module):
@@ -192,14 +231,18 @@ class UnshuffledCNN(nn.Module):
     options = ARCH_OPTIONS[arch]
     stride = 2
 
-    def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate", quality_input: bool = False):
+    def __init__(self, channels: int = 1, blocks: int = 5, width: int = 64, padding_mode: str = "replicate", quality_input: bool = False,
+                 coding_input: bool = False):
         super().__init__()
         self.args = dict(channels=channels, blocks=blocks, width=width, padding_mode=padding_mode)
+        quality_input = quality_input or coding_input
         if quality_input:  # only when on, so files written before conditioning existed still load
             self.args["quality_input"] = True
-        self.takes_quality = quality_input
+        if coding_input:
+            self.args["coding_input"] = True
+        self.takes_quality, self.takes_coding = quality_input, coding_input
         # One FiLM per residual block plus one on the features the output layer reads.
-        self.film = QualityFiLM(blocks + 1, width) if quality_input else None
+        self.film = QualityFiLM(blocks + 1, width, coding=coding_input) if quality_input else None
         folded = channels * 4
         self.inp = _Conv(folded, width, 3, padding_mode)
         self.blocks = nn.Sequential(*[_ResidualBlock(width, padding_mode) for _ in range(blocks)])
@@ -279,6 +322,7 @@ def _grown_state(model: nn.Module, source: nn.Module) -> dict:
     theirs = source.state_dict()
     if not (isinstance(model, UnshuffledCNN) and isinstance(source, UnshuffledCNN)):
         return theirs
+    theirs = _with_coding_inputs(model, source, theirs)
     old, new = len(source.blocks), len(model.blocks)
     if new <= old or model.args["width"] != source.args["width"] or model.film is None or source.film is None:
         return theirs
@@ -291,6 +335,17 @@ def _grown_state(model: nn.Module, source: nn.Module) -> dict:
         target[:old], target[new] = rows[:old], rows[old]  # the last row modulates the output features
         grown[f"{key}.{part}"] = target.reshape(-1, *rows.shape[2:])
     return grown
+
+
+def _with_coding_inputs(model: "UnshuffledCNN", source: "UnshuffledCNN", theirs: dict) -> dict:
+    """A quality-conditioned source for a model that also sees the chroma coding: the FiLM's first
+    layer gains zero weights for the new inputs, so the grown model starts as the source did."""
+    if model.film is None or source.film is None or not model.film.coding or source.film.coding:
+        return theirs
+    weight = theirs["film.net.0.weight"]
+    grown = torch.zeros((weight.shape[0], QualityFiLM.CODING_FEATURES), dtype=weight.dtype)
+    grown[:, : weight.shape[1]] = weight
+    return {**theirs, "film.net.0.weight": grown}
 
 
 # --- files ---
@@ -352,6 +407,7 @@ class Autocast(nn.Module):
         super().__init__()
         self.model, self.dtype = model, dtype
         self.args, self.receptive_radius, self.takes_quality = model.args, model.receptive_radius, model.takes_quality
+        self.takes_coding = getattr(model, "takes_coding", False)
 
     def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         with torch.autocast("cuda", dtype=self.dtype):

@@ -11,17 +11,21 @@ conversion is float64).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
 from .images import _RGB_TO_YCBCR, _YCBCR_OFFSET
+from .model import conditioning
 from .patches import plan_tiles
 
 
 def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    with warnings.catch_warnings():  # read-only pixels (a view of a row's bytes): nothing here writes to them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
     cuda = device.type == "cuda"
     return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)
 
@@ -78,7 +82,7 @@ def _to_ycbcr(x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Tensor:
-    q = None if qualities is None or qualities[0] is None else torch.tensor([float(v) for v in qualities], device=planes.device)
+    q = None if qualities is None else conditioning(qualities, planes.device)
     return model(planes.contiguous(memory_format=torch.channels_last), q).float()
 
 

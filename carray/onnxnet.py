@@ -32,11 +32,19 @@ class OnnxNetwork:
             raise ValueError("not a carray network: its ONNX file lacks the carray_args / carray_receptive_radius metadata")
         self.args = json.loads(meta["carray_args"])
         self.receptive_radius = int(meta["carray_receptive_radius"])
-        self.takes_quality = any(i.name == "quality" for i in self.session.get_inputs())
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.takes_quality = "quality" in inputs
+        # A network that also sees the chroma coding takes (n, 3) codings, the others (n,) qualities.
+        self.takes_coding = self.takes_quality and len(inputs["quality"].shape) == 2
 
     def run_numpy(self, x: np.ndarray, quality: Optional[np.ndarray] = None) -> np.ndarray:
         """float32 (n, c, h, w) on [0, 1] -> the restored batch, same shape, clamped to [0, 1]."""
         feeds = {"image": np.ascontiguousarray(x, dtype=np.float32)}
         if self.takes_quality:
-            feeds["quality"] = (quality if quality is not None else np.full(len(x), 50.0)).astype(np.float32)
+            q = np.asarray(quality if quality is not None else np.full(len(x), 50.0), np.float32)
+            if self.takes_coding and q.ndim == 1:  # only the luma quality known: libjpeg's default coding
+                q = np.stack([q, q, np.full_like(q, 2.0)], axis=1)
+            elif not self.takes_coding and q.ndim == 2:
+                q = np.ascontiguousarray(q[:, 0])
+            feeds["quality"] = q
         return self.session.run(None, feeds)[0]

@@ -6,8 +6,12 @@ for the network — stored in Parquet as fixed-size binary values of channels*p*
 per patch writes and reads several times faster than a list of bytes); the width alone tells the
 shape, since c*p*p is a perfect square for gray and three times one for colour. ``quality`` is the IJG quality of the (last) compression, read from the JPEG's own tables
 (carray/quality.py; -1 when a --pairs JPEG has none); ``first_quality`` the quality of an earlier
-compression for double-compressed patches, else -1; ``image`` is the path relative to the input
-root; ``y`` and ``x`` the patch's top-left corner in the original.
+compression for double-compressed patches, else -1; ``chroma_quality`` and ``subsampling`` how the
+JPEG coded colour: its chrominance table's IJG quality and its chroma subsampling
+(:data:`carray.quality.SUBSAMPLING_CODES`: 0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0), both -1 for gray patches
+(Parquet written before they existed lacks both: read as libjpeg's default, the luma quality and
+4:2:0); ``image`` is the path relative to the input root; ``y`` and ``x`` the patch's top-left corner
+in the original.
 """
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from . import jpeg
-from .images import ImageError, decode_image, jpeg_quality, to_gray
+from .images import ImageError, decode_image, read_header, to_gray
 from .patches import extract_patches
 
 COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "first_quality", "image", "y", "x"
-COLUMNS = (COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X)
+CHROMA_QUALITY, SUBSAMPLING = "chroma_quality", "subsampling"
+COLUMNS = (COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, CHROMA_QUALITY, SUBSAMPLING, IMAGE, Y, X)
 UNKNOWN_QUALITY = -1
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +62,18 @@ def qualities_for(
     rng = random.Random(f"{seed}:{relative_path}")
     drawn = [rng.randint(lo, hi) for lo, hi in ranges for _ in range(samples)]
     return sorted(set(fixed) | set(drawn))
+
+
+def chroma_plan(relative_path: str, quality: int, share: float, seed: int = 0) -> tuple[Optional[int], Optional[int]]:
+    """How one colour compression of an image codes its chroma: (chroma quality, subsampling code),
+    or (None, None) for libjpeg's default (the chroma table at the luma quality, 4:2:0). With
+    probability `share` (drawn by a generator seeded with the path and the quality) the coding is
+    varied as cameras and editors vary it: 4:4:4, 4:2:2 or 4:2:0, and a chroma table 30 qualities
+    below to 30 above the luma's."""
+    rng = random.Random(f"{seed}:chroma:{quality}:{relative_path}")
+    if rng.random() >= share:
+        return None, None
+    return int(np.clip(quality + rng.randint(-30, 30), 1, 100)), rng.randint(0, 2)
 
 
 def double_plan(
@@ -112,11 +129,14 @@ def patch_pairs(
     size: int,
     stride: int,
     first_quality: int = UNKNOWN_QUALITY,
+    codings: Optional[dict[int, tuple[Optional[int], Optional[int]]]] = None,
 ) -> dict[str, np.ndarray]:
     """Patches cut at the same places from the original and from each compressed version.
 
     original: uint8 (h, w) or (h, w, c); compressed: quality -> array of the same shape.
     first_quality: the earlier compression's quality when these versions were compressed twice.
+    codings: quality -> (chroma quality, subsampling code) of colour versions coded otherwise than
+    libjpeg's default (:func:`chroma_plan`); the others are recorded as the default.
     Returns the columns of :data:`COLUMNS`, one row per (quality, patch).
     Raises ImageError when the image is smaller than one patch.
     """
@@ -132,10 +152,21 @@ def patch_pairs(
         columns[ORIGINAL].append(clean)
         columns[QUALITY].append(np.full(len(origins), quality, np.int16))
         columns[FIRST_QUALITY].append(np.full(len(origins), first_quality, np.int16))
+        chroma, subsampling = _coding_of(original, quality, (codings or {}).get(quality, (None, None)))
+        columns[CHROMA_QUALITY].append(np.full(len(origins), chroma, np.int16))
+        columns[SUBSAMPLING].append(np.full(len(origins), subsampling, np.int8))
         columns[Y].append(origins[:, 0])
         columns[X].append(origins[:, 1])
         columns[IMAGE].append(np.full(len(origins), image, dtype=object))
     return {c: np.concatenate(v) for c, v in columns.items()}
+
+
+def _coding_of(original: np.ndarray, quality: int, coding: tuple[Optional[int], Optional[int]]) -> tuple[int, int]:
+    """The (chroma quality, subsampling code) columns of one compressed version: -1, -1 for gray."""
+    if original.ndim == 2 or original.shape[2] == 1:
+        return UNKNOWN_QUALITY, -1
+    chroma, subsampling = coding
+    return (quality if chroma is None else chroma), (jpeg.DEFAULT_SUBSAMPLING if subsampling is None else subsampling)
 
 
 def pairs_from_clean(
@@ -148,13 +179,19 @@ def pairs_from_clean(
     max_pixels: Optional[int] = None,
     double: Optional[tuple[int, int, tuple[int, int]]] = None,
     shrink: float = 1.0,
+    vary_chroma: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """A clean image's bytes -> patch pairs at each JPEG quality (compressed here, in memory), plus
     one double-compressed version when `double` = (first, second, shift) is given (see
     :func:`double_plan`); its patch origins are in the cropped image's coordinates + the shift.
-    `shrink` > 1: the clean image is first made smaller by that factor (:func:`downscale`)."""
+    `shrink` > 1: the clean image is first made smaller by that factor (:func:`downscale`).
+    `vary_chroma`: the share of colour compressions whose chroma is coded otherwise than libjpeg's
+    default (:func:`chroma_plan`)."""
     original = prepare_pixels(downscale(decode_image(data, max_pixels).pixels, shrink), color)
-    rows = patch_pairs(original, {q: jpeg.roundtrip(original, q) for q in qualities}, image, size, stride)
+    codings = {q: chroma_plan(image, q, vary_chroma, seed) for q in qualities} if color and vary_chroma > 0 else {}
+    compressed = {q: jpeg.roundtrip(original, q, *codings.get(q, (None, None))) for q in qualities}
+    rows = patch_pairs(original, compressed, image, size, stride, codings=codings)
     if double is None:
         return rows
     first, second, (dy, dx) = double
@@ -182,8 +219,10 @@ def pairs_from_files(
         degraded = prepare_pixels(decode_image(jpeg_data, max_pixels).pixels, color)
     except ImageError as exc:
         raise ImageError(f"its JPEG: {exc}") from None
-    quality = jpeg_quality(jpeg_data)
-    return patch_pairs(original, {UNKNOWN_QUALITY if quality is None else quality: degraded}, image, size, stride)
+    header = read_header(jpeg_data, max_pixels)
+    quality = UNKNOWN_QUALITY if header.quality is None else header.quality
+    coding = (header.chroma_quality, jpeg.SUBSAMPLING_CODES.get(header.subsampling or ""))
+    return patch_pairs(original, {quality: degraded}, image, size, stride, codings={quality: coding})
 
 
 def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:
@@ -200,6 +239,8 @@ def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:
             ORIGINAL: patches(rows[ORIGINAL]),
             QUALITY: pa.array(rows[QUALITY], pa.int16()),
             FIRST_QUALITY: pa.array(rows[FIRST_QUALITY], pa.int16()),
+            CHROMA_QUALITY: pa.array(rows[CHROMA_QUALITY], pa.int16()),
+            SUBSAMPLING: pa.array(rows[SUBSAMPLING], pa.int8()),
             IMAGE: pa.array(rows[IMAGE].tolist(), pa.string()),
             Y: pa.array(rows[Y], pa.int32()),
             X: pa.array(rows[X], pa.int32()),

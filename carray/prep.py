@@ -104,7 +104,8 @@ def patchify_batch(
             else:
                 qualities = qualities_for(image, fixed, ranges, cfg.range_samples, cfg.seed)
                 double = double_plan(image, first_choices, qualities, cfg.seed) if first_choices else None
-                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels, double, cfg.downscale)
+                rows = pairs_from_clean(original_bytes, image, qualities, cfg.color, cfg.patch_size, cfg.stride, cfg.max_pixels, double,
+                                        cfg.downscale, cfg.vary_chroma, cfg.seed)
         except Exception as exc:  # ImageError, OSError, or anything else: this image only
             patches.append(0)
             reasons.append(str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}")
@@ -152,6 +153,10 @@ def run_prep(cfg: PrepConfig) -> dict:
         parse_qualities(cfg.double)
         if cfg.pairs:
             raise OptionError("--double makes JPEGs from clean images; it cannot be used with --pairs")
+    if not 0 <= cfg.vary_chroma <= 1:
+        raise OptionError(f"--vary-chroma is a share of the compressions, 0..1; got {cfg.vary_chroma}")
+    if cfg.vary_chroma and (cfg.pairs or not cfg.color):
+        raise OptionError("--vary-chroma codes the chroma of colour JPEGs made from clean images: it needs --color and no --pairs")
     if cfg.downscale != 1 and (cfg.pairs or cfg.downscale < 1):
         raise OptionError("--downscale wants a factor >= 1 and clean images (not --pairs)")
     src_fs, src_root = storage.resolve(cfg.input, cfg.s3())

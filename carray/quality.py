@@ -30,11 +30,26 @@ STANDARD_CHROMA = np.array(
 
 QUALITIES = np.arange(1, 101)
 
+#: Chroma subsampling as Pillow numbers it (``save(subsampling=...)``) and as the networks see it.
+SUBSAMPLING_CODES = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+DEFAULT_SUBSAMPLING = SUBSAMPLING_CODES["4:2:0"]  # libjpeg's and Pillow's default for colour
+
+
+def coding(quality: int, chroma_quality: Optional[int] = None, subsampling=None) -> tuple[int, int, int]:
+    """How a JPEG was coded, as the networks that see it take it (carray/model.py): (luma quality,
+    chroma quality, subsampling code). Unknown parts (a gray JPEG, a file without tables, a
+    subsampling Pillow does not name) are libjpeg's defaults: chroma at the luma quality, 4:2:0.
+    `subsampling`: a code, or a name such as '4:2:2' (carray.images.ImageHeader.subsampling)."""
+    if isinstance(subsampling, str) or subsampling is None:
+        subsampling = SUBSAMPLING_CODES.get(subsampling or "", -1)
+    chroma = int(chroma_quality) if chroma_quality is not None and int(chroma_quality) >= 1 else int(quality)
+    return int(quality), chroma, int(subsampling) if int(subsampling) >= 0 else DEFAULT_SUBSAMPLING
+
 
 def ijg_table(quality: int, base: np.ndarray = STANDARD_LUMA) -> np.ndarray:
     """The table libjpeg's jpeg_set_quality(quality, force_baseline=TRUE) makes from `base`."""
     q = int(np.clip(quality, 1, 100))
-    scale = 5000 / q if q < 50 else 200 - 2 * q
+    scale = 5000 // q if q < 50 else 200 - 2 * q  # libjpeg's jpeg_quality_scaling: integer division
     return np.clip(np.floor((base * scale + 50) / 100), 1, 255)
 
 

@@ -87,8 +87,9 @@ def resolve_runtime(runtime: str, precision: str, cuda: bool) -> str:
     return runtime
 
 
-def calibration_feeds(channels: int, takes_quality: bool) -> list[dict]:
-    """The shipped calibration crops, JPEG-compressed at CALIBRATION_QUALITIES, as ONNX feeds."""
+def calibration_feeds(channels: int, takes_quality: bool, takes_coding: bool = False) -> list[dict]:
+    """The shipped calibration crops, JPEG-compressed at CALIBRATION_QUALITIES (libjpeg's default
+    coding), as ONNX feeds; `takes_coding`: quality fed as (1, 3) codings."""
     from PIL import Image
 
     from . import jpeg
@@ -106,7 +107,7 @@ def calibration_feeds(channels: int, takes_quality: bool) -> list[dict]:
                 image = np.repeat(image, 3, axis=1)
             feed = {"image": np.ascontiguousarray(image)}
             if takes_quality:
-                feed["quality"] = np.array([quality], np.float32)
+                feed["quality"] = np.array([[quality, quality, 2]] if takes_coding else [quality], np.float32)
             feeds.append(feed)
     return feeds
 
@@ -121,7 +122,7 @@ def int8_network(model: nn.Module, training: dict) -> bytes:
     except ImportError as exc:
         raise PrecisionError(f"--precision int8 needs ONNX and ONNX Runtime: pip install 'carray[int8]' ({exc})") from exc
 
-    feeds = iter(calibration_feeds(model.args["channels"], model.takes_quality))
+    feeds = iter(calibration_feeds(model.args["channels"], model.takes_quality, getattr(model, "takes_coding", False)))
 
     class Reader(CalibrationDataReader):
         def get_next(self):

@@ -34,7 +34,8 @@ def tile_margin(model: nn.Module) -> int:
 
 def run_model(model: nn.Module, planes: np.ndarray, device: torch.device, quality: Optional[float] = None) -> np.ndarray:
     """float32 (h, w, c) on [0, 1] -> the network's output, same shape, not clamped.
-    `quality`: the IJG quality the network is conditioned on (networks that take one need it)."""
+    `quality`: the IJG quality the network is conditioned on (networks that take one need it), or the
+    JPEG's coding (:func:`carray.quality.coding`) for networks that also see the chroma's."""
     return run_batch(model, [planes], device, [quality])[0]
 
 
@@ -50,13 +51,15 @@ def run_batch(model: nn.Module, windows: list[np.ndarray], device: Optional[torc
         return list(model.run_numpy(x, q).transpose(0, 2, 3, 1))
     import torch
 
+    from .model import conditioning
+
     cuda = device.type == "cuda"
     with torch.inference_mode():
         x = torch.from_numpy(x)
         if cuda:
             x = x.pin_memory()
         x = x.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        q = None if qualities[0] is None else torch.tensor([float(v) for v in qualities]).to(device, non_blocking=cuda)
+        q = conditioning(qualities, device)
         y = model(x, q).float()
         out = torch.empty(y.shape, dtype=torch.float32, pin_memory=cuda)
         out.copy_(y, non_blocking=cuda)

@@ -29,7 +29,7 @@ from . import storage
 from .config import TrainConfig
 from .errors import JobError
 from .model import build_model, init_from, load_model_bytes, model_bytes
-from .pairs import COMPRESSED, ORIGINAL, QUALITY, patch_shape, patches_from_arrow
+from .pairs import CHROMA_QUALITY, COMPRESSED, ORIGINAL, QUALITY, SUBSAMPLING, patch_shape, patches_from_arrow
 
 STATE_FILE = "state.pt"
 METRIC_FIELDS = ("step", "train_loss", "train_psnr", "val_loss", "val_psnr", "val_psnr_gain", "lr", "samples_per_s")
@@ -77,9 +77,23 @@ def learning_rate(cfg_lr: float, schedule: str, step: int, steps: int, warmup: i
 # --- the worker ---
 
 
+#: What a training batch reads: the patches, the quality, and the chroma coding where prep wrote it.
+CODING_COLUMNS = (CHROMA_QUALITY, SUBSAMPLING)
+
+
+def training_columns(names) -> list[str]:
+    """The columns to read from Parquet with these column names (data from before the chroma
+    coding columns existed has none: its patches are read as libjpeg's default coding)."""
+    return [COMPRESSED, ORIGINAL, QUALITY] + [c for c in CODING_COLUMNS if c in names]
+
+
 def quality_tensor(batch) -> torch.Tensor:
-    """The batch's JPEG qualities (n,) as float32 (the networks' conditioning input)."""
-    return torch.from_numpy(batch[QUALITY].to_numpy().astype(np.float32))
+    """The batch's conditioning input as float32: JPEG qualities (n,), or codings (n, 3) when the
+    batch has the chroma coding columns (carray.model: luma quality, chroma quality, subsampling)."""
+    names = batch.column_names if hasattr(batch, "column_names") else list(batch)
+    columns = [QUALITY] + [c for c in CODING_COLUMNS if c in names]
+    values = np.stack([batch[c].to_numpy().astype(np.float32) for c in columns], axis=1)
+    return torch.from_numpy(values if values.shape[1] == 3 else values[:, 0].copy())
 
 
 def _validate(model, batches, device) -> dict:
@@ -124,7 +138,8 @@ def _val_batches(cfg: TrainConfig, limit: int, batch_size: int) -> list:
         if not rows:
             continue
         with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=[COMPRESSED, ORIGINAL, QUALITY]).take(rows)
+            parquet = pq.ParquetFile(f)
+            table = parquet.read(columns=training_columns(parquet.schema_arrow.names)).take(rows)
         for start in range(0, table.num_rows, batch_size):
             part = table.slice(start, batch_size)
             batches.append((to_tensor(part[COMPRESSED]), to_tensor(part[ORIGINAL]), quality_tensor(part)))
@@ -322,7 +337,7 @@ def inspect_data(cfg: TrainConfig, fs, root: str) -> dict:
                     f"{cfg.data}/{split}: {unknown} patches have no JPEG quality (--pairs JPEGs without tables?); "
                     "a quality-conditioned network (--quality-input) needs it for every patch"
                 )
-        found[split] = {"rows": rows, "channels": channels, "patch_size": side}
+        found[split] = {"rows": rows, "channels": channels, "patch_size": side, "columns": set(schema.names)}
     train, val = found["train"], found["val"]
     if (train["channels"], train["patch_size"]) != (val["channels"], val["patch_size"]):
         raise DataError(f"{cfg.data}: train patches are {train['patch_size']}px x{train['channels']}, val {val['patch_size']}px x{val['channels']}")
@@ -332,7 +347,12 @@ def inspect_data(cfg: TrainConfig, fs, root: str) -> dict:
         raise DataError(f"{cfg.data}: {train['patch_size']}x{train['patch_size']} patches are too small to train on (8 at least)")
     if train["rows"] < cfg.batch_size * cfg.workers:
         raise DataError(f"{cfg.data}: {train['rows']} train patches are fewer than one batch per worker ({cfg.batch_size} x {cfg.workers})")
-    return {"channels": train["channels"], "patch_size": train["patch_size"], "train_rows": train["rows"], "val_rows": val["rows"]}
+    columns = train["columns"] & val["columns"]
+    if cfg.coding_input and not set(CODING_COLUMNS) <= columns:
+        raise DataError(f"{cfg.data}: no chroma coding columns ({', '.join(CODING_COLUMNS)}): --coding-input needs data "
+                        "from prep --color (with --vary-chroma for codings other than libjpeg's default)")
+    return {"channels": train["channels"], "patch_size": train["patch_size"], "train_rows": train["rows"], "val_rows": val["rows"],
+            "columns": sorted(columns)}
 
 
 def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root: str):
@@ -345,7 +365,7 @@ def build_trainer(cfg: TrainConfig, data: dict, fs, root: str, out_fs, out_root:
     use_gpu, resources, threads, why = plan_train_workers(cfg.workers, cfg.gpu, cfg.threads)
     print(f"carray: {cfg.workers} {'GPU' if use_gpu else 'CPU'} training worker(s), {resources} each ({why})", flush=True)
     # select_columns, not read_parquet(columns=) (deprecated): Ray Data pushes it into the read.
-    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs).select_columns([COMPRESSED, ORIGINAL, QUALITY])
+    train = ray.data.read_parquet(storage.join(root, "train"), filesystem=fs).select_columns(training_columns(data["columns"]))
     return TorchTrainer(
         train_loop_per_worker,
         # NCCL between GPU workers; one worker needs no collective backend that requires CUDA.
@@ -426,8 +446,10 @@ def network_for(cfg: TrainConfig, channels: int) -> dict:
     """The network to train: {"arch", "model_args"} from the options, or, with --init-from, the
     model file's own architecture and shape (plus the quality input when asked for), its bytes
     ("init") and how it was trained ("init_training", kept in the new file's provenance)."""
-    if cfg.quality_input and not cfg.init_from and cfg.arch != "unshuffled-cnn":
-        raise DataError(f"--quality-input needs --arch unshuffled-cnn (got {cfg.arch})")
+    if (cfg.quality_input or cfg.coding_input) and not cfg.init_from and cfg.arch != "unshuffled-cnn":
+        raise DataError(f"--{'coding' if cfg.coding_input else 'quality'}-input needs --arch unshuffled-cnn (got {cfg.arch})")
+    if cfg.coding_input and channels != 3:
+        raise DataError("--coding-input: the chroma coding is a colour network's input; the data has gray patches")
     if not cfg.init_from:
         return {"arch": cfg.arch, "model_args": cfg.model_args(channels)}
     from .model import ModelFileError
@@ -442,10 +464,13 @@ def network_for(cfg: TrainConfig, channels: int) -> dict:
         if cfg.blocks < args["blocks"]:
             raise DataError(f"--blocks {cfg.blocks}: the model in --init-from {cfg.init_from} has {args['blocks']}; a network can grow, not shrink")
         args["blocks"] = cfg.blocks  # grown: the new blocks start as the identity (model.init_from)
-    if cfg.quality_input:
+    if cfg.quality_input or cfg.coding_input:
         if source.arch != "unshuffled-cnn":
-            raise ModelFileError(f"--init-from {cfg.init_from}: --quality-input needs an unshuffled-cnn model, this is {source.arch}")
+            flag = "--coding-input" if cfg.coding_input else "--quality-input"
+            raise ModelFileError(f"--init-from {cfg.init_from}: {flag} needs an unshuffled-cnn model, this is {source.arch}")
         args["quality_input"] = True
+        if cfg.coding_input:
+            args["coding_input"] = True
     summary = {"file": cfg.init_from, "arch": source.arch, "steps": training.get("steps"), "data": training.get("data")}
     return {"arch": source.arch, "model_args": args, "init": raw, "init_training": summary}
 

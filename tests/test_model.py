@@ -128,7 +128,7 @@ def test_gpu_bench_runs_on_the_cpu_path_without_ray():
 
     repo = Path(__file__).resolve().parents[1]
     code = (
-        "import runpy, sys; sys.argv = ['gpu.py', '--batches', '1', '--tile', '64', '--seconds', '0.2'];"
+        "import runpy, sys; sys.argv = ['gpu.py', '--batches', '1', '--tile', '64', '--seconds', '0.2', '--photo-mp', '0.1'];"
         "runpy.run_path('bench/gpu.py', run_name='__main__'); print('ray imported:', 'ray' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)

@@ -177,6 +177,35 @@ def test_init_from_a_model_file_adds_the_quality_input_and_keeps_the_weights(tin
         assert torch.allclose(model(x, torch.tensor([10.0])), base.eval()(x), atol=1e-4)
 
 
+def test_coding_input_trains_on_varied_chroma_and_is_refused_on_gray_data(tiny_data, tmp_path):
+    """prep --vary-chroma writes the chroma coding; train --coding-input reads it (train batches and
+    the val sample), grows a quality model's FiLM and exports a network that takes (n, 3) codings."""
+    import torch
+
+    from carray.model import build_model, save_model
+    from support.images import png_bytes
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        (images / f"c{i}.png").write_bytes(png_bytes(smooth_image(64, 64, color=True, seed=i)))
+    run_prep(PrepConfig(input=str(images), output=str(tmp_path / "data"), quality=("20", "40"), color=True, vary_chroma=1.0,
+                        split="50/50/0", stride=32))
+    base = build_model("unshuffled-cnn", channels=3, blocks=1, width=8, quality_input=True)
+    save_model(base, str(tmp_path / "base.pt"), {"note": "base"})
+    cfg = dict(output=str(tmp_path / "run"), init_from=str(tmp_path / "base.pt"), coding_input=True, steps=2, batch_size=4,
+               val_every=1, checkpoint_every=1, val_patches=8)
+    summary = run_train(TrainConfig(data=str(tmp_path / "data"), **cfg))
+    model, _ = load_model(summary["model"])
+    assert model.takes_coding and model.args["coding_input"]
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 16, 16), torch.tensor([[20.0, 50, 0], [40, 40, 2]])).shape == (2, 3, 16, 16)
+    with pytest.raises(DataError, match="gray patches"):
+        run_train(TrainConfig(data=str(tiny_data), **{**cfg, "output": str(tmp_path / "gray")}))
+    with pytest.raises(OptionError, match="--vary-chroma"):
+        run_prep(PrepConfig(input=str(images), output=str(tmp_path / "bad"), vary_chroma=0.5))  # gray prep: no chroma
+
+
 def test_unregistered_checkpoint_folders_are_removed_from_a_bucket(s3_server, bucket):
     import pyarrow.fs as pafs
     from ray.train import Checkpoint, Result

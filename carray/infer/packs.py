@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..images import DecodedImage
+from ..quality import SUBSAMPLING_CODES, coding
 
 PACK_KEYS = 128
 PACK_PIXELS = 4_000_000
@@ -31,6 +32,9 @@ WHOLE = -1  # the `tile` of an image that is not cut into tiles
 IMAGE_TYPES = {
     "path": pa.string(), "output": pa.string(), "pixels": pa.binary(), "height": pa.int32(), "width": pa.int32(),
     "channels": pa.int32(), "alpha": pa.binary(), "icc": pa.binary(), "exif": pa.binary(), "quality": pa.int32(),
+    # How the JPEG coded its chroma, for networks that see it: its chroma table's quality and its
+    # subsampling code (carray.quality.SUBSAMPLING_CODES); -1 where unknown (gray, not a JPEG).
+    "chroma_quality": pa.int32(), "subsampling": pa.int32(),
     "tile": pa.int32(), "tiles": pa.int32(), "crop": pa.list_(pa.int32()),
     "error": pa.string(), "skipped": pa.string(), "passed": pa.string(), "node": pa.string(),
     # A passed-through input's own file bytes (no pixels are decoded); the job's decode task writes
@@ -64,7 +68,7 @@ def empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dic
     """A row with no pixels: one that failed (`error`), is skipped, or is not decoded yet."""
     return {
         "path": path, "output": output, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"",
-        "exif": b"", "quality": NO_QUALITY, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
+        "exif": b"", "quality": NO_QUALITY, "chroma_quality": NO_QUALITY, "subsampling": -1, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
         "passed": "", "node": "", "data": b"",
     }
 
@@ -75,16 +79,28 @@ def weight(row: dict) -> int:
     return int(row["height"]) * int(row["width"]) if row["pixels"] else 0
 
 
-def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] = None) -> dict:
-    """quality: the IJG quality the file's tables say, None when it has none."""
+def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] = None, chroma_quality: Optional[int] = None,
+           subsampling: Optional[str] = None) -> dict:
+    """quality: the IJG quality to restore at (the file's tables' unless overridden), None when it
+    has none; chroma_quality, subsampling: the file's chroma coding ('4:2:0', ...), None if unknown."""
     h, w = image.pixels.shape[:2]
     row = empty_row(path, output)
     row.update(
         pixels=image.pixels.tobytes(), height=h, width=w, channels=3 if image.is_color else 1,
         alpha=b"" if image.alpha is None else image.alpha.tobytes(), icc=image.icc or b"", exif=image.exif or b"",
         quality=NO_QUALITY if quality is None else int(quality),
+        chroma_quality=NO_QUALITY if chroma_quality is None else int(chroma_quality),
+        subsampling=SUBSAMPLING_CODES.get(subsampling or "", -1),
     )
     return row
+
+
+def row_coding(row: dict):
+    """What the row's network is conditioned on: None without a quality, else the coding
+    (carray.quality.coding: luma quality, chroma quality, subsampling code)."""
+    if int(row["quality"]) == NO_QUALITY:
+        return None
+    return coding(int(row["quality"]), int(row.get("chroma_quality", NO_QUALITY)), int(row.get("subsampling", -1)))
 
 
 def from_row(row: dict) -> DecodedImage:

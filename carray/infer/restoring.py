@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from .packs import WHOLE, from_row
+from .packs import WHOLE, from_row, row_coding
 
 
 class RowRestorer:
@@ -43,7 +43,7 @@ class RowRestorer:
         from ..restore import pick_model, restore_in_batches
 
         images = [from_row(row) for row in rows]
-        items = [(pick_model(self.models, image), image.pixels, row["quality"]) for row, image in zip(rows, images)]
+        items = [(pick_model(self.models, image), image.pixels, row_coding(row)) for row, image in zip(rows, images)]
         for row, pixels in zip(rows, restore_in_batches(items, self.device, self.tile_batch)):
             self._keep(row, pixels)
 
@@ -54,7 +54,7 @@ class RowRestorer:
             image = from_row(row)
             whole_window = row["tile"] != WHOLE  # a window of a large image is restored in one piece
             tile = max(image.pixels.shape[:2]) if whole_window else self.tile
-            self._keep(row, restore_image(self.models, image, tile, self.device, row["quality"], self.tta, self.tile_batch).pixels)
+            self._keep(row, restore_image(self.models, image, tile, self.device, row_coding(row), self.tta, self.tile_batch).pixels)
         except MemoryError:
             row.update(error="out of memory while restoring (lower --tile)", pixels=b"")
         except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl

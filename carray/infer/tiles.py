@@ -39,7 +39,7 @@ def split_into_tiles(row: dict, *, tile: int, margin: int, where: Locations):
         (wy0, wy1, wx0, wx1), (cy0, cy1, cx0, cx1) = t.window, t.core
         yield {**empty_row(row["path"], row["output"]), "pixels": image.pixels[wy0:wy1, wx0:wx1].tobytes(),
                "height": wy1 - wy0, "width": wx1 - wx0, "channels": row["channels"], "quality": row["quality"],
-               "tile": index, "tiles": len(plan), "crop": [cy0 - wy0, cy1 - wy0, cx0 - wx0, cx1 - wx0]}
+               "chroma_quality": row["chroma_quality"], "subsampling": row["subsampling"], "tile": index, "tiles": len(plan), "crop": [cy0 - wy0, cy1 - wy0, cx0 - wx0, cx1 - wx0]}
 
 
 def store_tile(where: Locations, path: str, index: int, core: np.ndarray) -> None:
