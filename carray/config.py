@@ -294,6 +294,12 @@ class TrainConfig(ClusterOptions):
         "ema_decay): a fine-tuned model's held-out gain swung by 0.5 dB between checkpoints without it "
         "(docs/training.md). 0 = off. A resumed run keeps its average.",
     )
+    film_lr_scale: float = option(
+        1.0,
+        help="The quality/coding conditioning (FiLM) learns at this multiple of --lr. For --coding-input on a "
+        "converged model: its new inputs start at zero and at the small rate the convolutions need "
+        "(2e-5) they had barely moved after 1,000 steps while the convolutions drifted (docs/training.md).",
+    )
     augment: bool = option(True, help="Random flips and 90-degree rotations of each batch.")
     val_every: int = option(10, help="Validate every N steps (the original: every 10 batches).")
     val_patches: int = option(1024, help="Validation patches, read once and kept in memory by rank 0 (0: no validation).")
@@ -303,9 +309,12 @@ class TrainConfig(ClusterOptions):
     patch_size: Optional[int] = option(None, help="Expected patch size; the data is checked against it before any worker starts.")
     seed: int = option(0, help="Seed for weights initialisation.")
 
-    def check_ema(self) -> None:
+    def check(self) -> None:
+        """Options that no type check catches, refused before anything starts."""
         if not 0 <= self.ema < 1:
             raise OptionError(f"--ema must be 0 (off) or a decay in (0, 1) such as 0.999, got {self.ema}")
+        if not self.film_lr_scale > 0:
+            raise OptionError(f"--film-lr-scale must be a positive multiple of --lr, got {self.film_lr_scale}")
 
     def model_args(self, channels: int) -> dict:
         """The constructor arguments of --arch, from the options its class lists; an option set

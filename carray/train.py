@@ -157,12 +157,21 @@ def _report_with_checkpoint(row: dict, state: dict) -> None:
         ray.train.report(row, checkpoint=Checkpoint.from_directory(folder))
 
 
-def optimizer_on_device(model: torch.nn.Module, lr: float, saved: Optional[dict] = None) -> torch.optim.Optimizer:
+def optimizer_on_device(model: torch.nn.Module, lr: float, saved: Optional[dict] = None, film_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """Adam over `model`'s parameters, with a checkpoint's optimizer state if there is one. Call it
     once the model is on its device: loading casts the saved state (Adam's moments) to the device
     its parameters are on at that moment, so an optimizer loaded before the move kept its moments on
-    the CPU and a resumed GPU run failed at its first step (found on an H100)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    the CPU and a resumed GPU run failed at its first step (found on an H100).
+
+    `film_lr_scale` != 1: the quality/coding FiLM (`film.*`) learns at that multiple of the rate, in
+    a group of its own (each group's "scale" multiplies the schedule's rate)."""
+    film = [p for name, p in model.named_parameters() if name.startswith("film.")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("film.")]
+    if film and film_lr_scale != 1.0:
+        groups = [{"params": rest, "scale": 1.0}, {"params": film, "scale": film_lr_scale, "lr": lr * film_lr_scale}]
+    else:
+        groups = [{"params": list(model.parameters()), "scale": 1.0}]
+    optimizer = torch.optim.Adam(groups, lr=lr)
     if saved is not None:
         optimizer.load_state_dict(saved)
     return optimizer
@@ -209,7 +218,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
     plain = model.module if hasattr(model, "module") else model
-    optimizer = optimizer_on_device(plain, cfg.lr, state["optimizer"] if state else None)
+    optimizer = optimizer_on_device(plain, cfg.lr, state["optimizer"] if state else None, cfg.film_lr_scale)
     ema = weight_average(plain, cfg.ema, state)
     judged = ema.module if ema is not None else plain  # what is validated, checkpointed as "model" and exported
 
@@ -253,7 +262,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 x, y = augment(x, y, generator)
             x, y, q = x.to(device), y.to(device), q.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
+                group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps) * group.get("scale", 1.0)
             out = model(x, q)
             loss = F.mse_loss(out, y)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
@@ -485,7 +494,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from .runtime import connect
 
     started = time.time()
-    cfg.check_ema()
+    cfg.check()
     # Workers run in Ray's own folders: relative local paths must mean what they meant here.
     cfg = replace(cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output), init_from=storage.absolute(cfg.init_from))
     fs, root = storage.resolve(cfg.data, cfg.s3())

@@ -250,6 +250,26 @@ def test_a_resumed_optimizer_keeps_its_state_on_the_models_device():
     assert resumed.param_groups[0]["lr"] == 1e-3
 
 
+def test_the_conditioning_can_learn_faster_than_the_convolutions_and_a_resume_keeps_its_groups():
+    import torch
+
+    from carray.model import build_model
+    from carray.train import optimizer_on_device
+
+    model = build_model("unshuffled-cnn", channels=3, blocks=1, width=8, coding_input=True)
+    optimizer = optimizer_on_device(model, 1e-4, film_lr_scale=10)
+    convs, film = optimizer.param_groups
+    assert {id(p) for p in film["params"]} == {id(p) for p in model.film.parameters()}
+    assert (convs["lr"], film["lr"], film["scale"]) == (1e-4, pytest.approx(1e-3), 10)
+    model(torch.rand(1, 3, 16, 16), torch.tensor([[20.0, 40, 0]])).mean().backward()
+    optimizer.step()
+    resumed = optimizer_on_device(model, 1e-4, optimizer.state_dict(), 10)
+    assert [g["scale"] for g in resumed.param_groups] == [1.0, 10] and len(resumed.state) == len(optimizer.state)
+    assert len(optimizer_on_device(build_model("arcnn"), 1e-4, film_lr_scale=10).param_groups) == 1  # nothing to scale
+    with pytest.raises(OptionError, match="--film-lr-scale"):
+        TrainConfig(data="d", output="o", film_lr_scale=0).check()
+
+
 def test_warmup_raises_the_learning_rate_linearly_then_follows_the_schedule():
     from carray.train import learning_rate
 
