@@ -29,6 +29,7 @@ def identity_class():
         receptive_radius = 0
         stride = 1
         takes_quality = False
+        takes_coding = False
 
         def __init__(self, channels: int = 3):
             super().__init__()

@@ -69,8 +69,8 @@ def evaluate_image(
     degraded = prepare_pixels(decode_image(jpeg_bytes, None).pixels, color)
     header = read_header(jpeg_bytes)
     use, passed = policy.decide(header.quality)
-    # As the infer job does: the coding the file's own header says (an overridden quality overrides the chroma's).
-    how = None if use is None else coding(use, header.chroma_quality if policy.override is None else use, header.subsampling)
+    # As the infer job does: the coding the file's own header says.
+    how = None if use is None else coding(use, policy.chroma_quality(use, header.chroma_quality), header.subsampling)
     restored = degraded if passed else restore_pixels(model, degraded, tile, device, quality=how, tta=tta)
     row = {f"jpeg_{k}": v for k, v in score(reference, degraded).items()}
     row.update({f"carray_{k}": v for k, v in score(reference, restored).items()})

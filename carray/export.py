@@ -48,7 +48,7 @@ def _metadata(model: nn.Module, training: dict) -> dict:
         "carray_receptive_radius": str(model.receptive_radius),
         "carray_input": "float32 (n, c, h, w) on [0, 1]; c=1 gray Y (MATLAB BT.601), c=3 RGB"
         + (("; quality: float32 (n, 3), the JPEG's luma quality, chroma quality (IJG 1..100, from its tables) and chroma "
-            "subsampling (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0)" if getattr(model, "takes_coding", False)
+            "subsampling (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0)" if model.takes_coding
             else "; quality: float32 (n,), IJG JPEG quality 1..100 from the file's tables") if model.takes_quality else ""),
         "carray_training": json.dumps(training, sort_keys=True, default=str),
     }
@@ -71,7 +71,7 @@ def export_onnx(model: nn.Module, training: dict, path: str) -> None:
     args, names, shapes = (example,), ["image"], ({0: batch, 2: height, 3: width},)
     if model.takes_quality:
         # (n, 3) codings for a network that sees the chroma coding (carray/model.py), else (n,) qualities.
-        quality = torch.tensor([[10.0, 20.0, 2.0], [90.0, 90.0, 0.0]]) if getattr(model, "takes_coding", False) else torch.tensor([10.0, 90.0])
+        quality = torch.tensor([[10.0, 20.0, 2.0], [90.0, 90.0, 0.0]]) if model.takes_coding else torch.tensor([10.0, 90.0])
         args, names, shapes = (example, quality), names + ["quality"], shapes + ({0: batch},)
     program = torch.onnx.export(
         Clamped(model).eval(),
@@ -116,7 +116,7 @@ def check_export(model: nn.Module, path: str, fmt: str, seed: int = 0) -> float:
     for shape in ((1, channels, 37, 53), (2, channels, 64, 48)):
         x = torch.rand(shape, generator=generator)
         quality = torch.randint(5, 100, (shape[0],), generator=generator).float() if model.takes_quality else None
-        if quality is not None and getattr(model, "takes_coding", False):
+        if quality is not None and model.takes_coding:
             quality = torch.stack([quality, quality.flip(0), torch.arange(shape[0]).float() % 3], dim=1)
         worst = max(worst, (run_exported(path, fmt, x, quality) - reference_output(model, x, quality)).abs().max().item())
     return worst

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .quality import DEFAULT_SUBSAMPLING, STANDARD_CHROMA, SUBSAMPLING_CODES, ijg_table  # noqa: F401 - codes re-exported
+from .quality import STANDARD_CHROMA, ijg_table
 
 
 def compress(pixels: np.ndarray, quality: int, chroma_quality: Optional[int] = None, subsampling: Optional[int] = None) -> bytes:

@@ -190,10 +190,6 @@ class QualityFiLM(nn.Module):
         return self.net(torch.cat(features, dim=1)).reshape(-1, self.layers, 2, self.width, 1, 1)
 
 
-#: The coding assumed where only the luma quality is known: libjpeg's default for colour.
-DEFAULT_SUBSAMPLING_CODE = 2
-
-
 def conditioning(values: list, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
     """Per-image qualities (numbers) or codings ((luma quality, chroma quality, subsampling code)
     tuples, :func:`carray.quality.coding`) -> the networks' `quality` input, (n,) or (n, 3) float32
@@ -208,7 +204,7 @@ def as_codings(quality: torch.Tensor) -> torch.Tensor:
     gray patches) is the luma's, a missing subsampling (below 0) 4:2:0."""
     if quality.ndim == 1:
         q = quality.float()
-        return torch.stack([q, q, torch.full_like(q, 2.0)], dim=1)  # DEFAULT_SUBSAMPLING_CODE (TorchScript takes no globals)
+        return torch.stack([q, q, torch.full_like(q, 2.0)], dim=1)  # 2: carray.quality.DEFAULT_SUBSAMPLING (TorchScript takes no globals)
     coding = quality.float()
     chroma = torch.where(coding[:, 1] >= 1, coding[:, 1], coding[:, 0])
     sub = torch.where(coding[:, 2] >= 0, coding[:, 2], torch.full_like(coding[:, 2], 2.0))
@@ -407,7 +403,7 @@ class Autocast(nn.Module):
         super().__init__()
         self.model, self.dtype = model, dtype
         self.args, self.receptive_radius, self.takes_quality = model.args, model.receptive_radius, model.takes_quality
-        self.takes_coding = getattr(model, "takes_coding", False)
+        self.takes_coding = model.takes_coding
 
     def forward(self, x: torch.Tensor, quality: Optional[torch.Tensor] = None) -> torch.Tensor:
         with torch.autocast("cuda", dtype=self.dtype):

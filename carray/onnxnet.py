@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from .quality import DEFAULT_SUBSAMPLING
+
 
 class OnnxNetwork:
     """An ONNX Runtime session with the attributes :mod:`carray.restore` reads (`args`,
@@ -43,7 +45,7 @@ class OnnxNetwork:
         if self.takes_quality:
             q = np.asarray(quality if quality is not None else np.full(len(x), 50.0), np.float32)
             if self.takes_coding and q.ndim == 1:  # only the luma quality known: libjpeg's default coding
-                q = np.stack([q, q, np.full_like(q, 2.0)], axis=1)
+                q = np.stack([q, q, np.full_like(q, DEFAULT_SUBSAMPLING)], axis=1)
             elif not self.takes_coding and q.ndim == 2:
                 q = np.ascontiguousarray(q[:, 0])
             feeds["quality"] = q

@@ -25,6 +25,7 @@ import pyarrow as pa
 from . import jpeg
 from .images import ImageError, decode_image, read_header, to_gray
 from .patches import extract_patches
+from .quality import SUBSAMPLING_CODES, coding
 
 COMPRESSED, ORIGINAL, QUALITY, FIRST_QUALITY, IMAGE, Y, X = "compressed", "original", "quality", "first_quality", "image", "y", "x"
 CHROMA_QUALITY, SUBSAMPLING = "chroma_quality", "subsampling"
@@ -161,12 +162,13 @@ def patch_pairs(
     return {c: np.concatenate(v) for c, v in columns.items()}
 
 
-def _coding_of(original: np.ndarray, quality: int, coding: tuple[Optional[int], Optional[int]]) -> tuple[int, int]:
-    """The (chroma quality, subsampling code) columns of one compressed version: -1, -1 for gray."""
+def _coding_of(original: np.ndarray, quality: int, chroma_coding: tuple[Optional[int], Optional[int]]) -> tuple[int, int]:
+    """The (chroma quality, subsampling code) columns of one compressed version (unknown parts:
+    libjpeg's default, :func:`carray.quality.coding`): -1, -1 for gray."""
     if original.ndim == 2 or original.shape[2] == 1:
         return UNKNOWN_QUALITY, -1
-    chroma, subsampling = coding
-    return (quality if chroma is None else chroma), (jpeg.DEFAULT_SUBSAMPLING if subsampling is None else subsampling)
+    _, chroma, subsampling = coding(quality, *chroma_coding)
+    return chroma, subsampling
 
 
 def pairs_from_clean(
@@ -221,8 +223,8 @@ def pairs_from_files(
         raise ImageError(f"its JPEG: {exc}") from None
     header = read_header(jpeg_data, max_pixels)
     quality = UNKNOWN_QUALITY if header.quality is None else header.quality
-    coding = (header.chroma_quality, jpeg.SUBSAMPLING_CODES.get(header.subsampling or ""))
-    return patch_pairs(original, {quality: degraded}, image, size, stride, codings={quality: coding})
+    chroma_coding = (header.chroma_quality, SUBSAMPLING_CODES.get(header.subsampling or ""))
+    return patch_pairs(original, {quality: degraded}, image, size, stride, codings={quality: chroma_coding})
 
 
 def to_arrow(rows: dict[str, np.ndarray]) -> pa.Table:

@@ -100,6 +100,11 @@ class Policy:
             return None, PASSED_HIGH_QUALITY.format(self.pass_through_from)
         return quality, ""
 
+    def chroma_quality(self, restore_at: Optional[int], file_chroma: Optional[int]) -> Optional[int]:
+        """The chroma quality a network that sees the coding is given: the file's chroma table's, or
+        under ``override`` the quality restored at (tables that lie about the luma lie about the chroma)."""
+        return file_chroma if self.override is None else restore_at
+
 
 PASSED_NOT_JPEG = "not a JPEG: no quantization tables, may be lossless (--quality-override Q restores it)"
 PASSED_HIGH_QUALITY = "JPEG quality {} or above: no artifacts worth removing (--quality-override Q restores it)"

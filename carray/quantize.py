@@ -122,7 +122,7 @@ def int8_network(model: nn.Module, training: dict) -> bytes:
     except ImportError as exc:
         raise PrecisionError(f"--precision int8 needs ONNX and ONNX Runtime: pip install 'carray[int8]' ({exc})") from exc
 
-    feeds = iter(calibration_feeds(model.args["channels"], model.takes_quality, getattr(model, "takes_coding", False)))
+    feeds = iter(calibration_feeds(model.args["channels"], model.takes_quality, model.takes_coding))
 
     class Reader(CalibrationDataReader):
         def get_next(self):

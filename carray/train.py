@@ -90,8 +90,7 @@ def training_columns(names) -> list[str]:
 def quality_tensor(batch) -> torch.Tensor:
     """The batch's conditioning input as float32: JPEG qualities (n,), or codings (n, 3) when the
     batch has the chroma coding columns (carray.model: luma quality, chroma quality, subsampling)."""
-    names = batch.column_names if hasattr(batch, "column_names") else list(batch)
-    columns = [QUALITY] + [c for c in CODING_COLUMNS if c in names]
+    columns = [QUALITY] + [c for c in CODING_COLUMNS if c in batch.column_names]
     values = np.stack([batch[c].to_numpy().astype(np.float32) for c in columns], axis=1)
     return torch.from_numpy(values if values.shape[1] == 3 else values[:, 0].copy())
 

@@ -50,8 +50,7 @@ def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int]
             row.update(passed=passed, data=data, height=header.height, width=header.width,
                        quality=NO_QUALITY if header.quality is None else header.quality)
             return row
-        # An overridden quality overrides the chroma's too: the tables are not to be trusted.
-        chroma = header.chroma_quality if policy is None or policy.override is None else quality
+        chroma = policy.chroma_quality(quality, header.chroma_quality) if policy else header.chroma_quality
         return to_row(path, output, decode_image(data, max_pixels), quality, chroma, header.subsampling)
     except ImageError as exc:
         return empty_row(path, output, error=str(exc))

@@ -100,7 +100,7 @@ def row_coding(row: dict):
     (carray.quality.coding: luma quality, chroma quality, subsampling code)."""
     if int(row["quality"]) == NO_QUALITY:
         return None
-    return coding(int(row["quality"]), int(row.get("chroma_quality", NO_QUALITY)), int(row.get("subsampling", -1)))
+    return coding(int(row["quality"]), int(row["chroma_quality"]), int(row["subsampling"]))
 
 
 def from_row(row: dict) -> DecodedImage:
