@@ -253,8 +253,10 @@ class TrainConfig(ClusterOptions):
         False,
         help="unshuffled-cnn, colour: also condition the network on how each JPEG coded its chroma (the "
         "chrominance table's quality and the chroma subsampling, read from the file at inference; prep "
-        "--vary-chroma makes training data that varies them). Implies --quality-input. With --init-from a "
-        "quality-conditioned model, the new inputs start at zero: training starts from that model.",
+        "--vary-chroma makes training data that varies them). Implies --quality-input. A second FiLM MLP "
+        "(film.chroma) adds what a coding other than libjpeg's default changes, and nothing for the "
+        "default one; with --init-from a quality-conditioned model it starts at zero, so training starts "
+        "from that model (with --train-only film.chroma the default-coded results never move).",
     )
     init_from: Optional[str] = option(
         None,
@@ -299,6 +301,14 @@ class TrainConfig(ClusterOptions):
         help="The quality/coding conditioning (FiLM) learns at this multiple of --lr. For --coding-input on a "
         "converged model: its new inputs start at zero and at the small rate the convolutions need "
         "(2e-5) they had barely moved after 1,000 steps while the convolutions drifted (docs/training.md).",
+    )
+    train_only: tuple = option(
+        (),
+        help="Learn only the weights whose names start with one of these prefixes; the others stay as "
+        "--init-from made them (not even their gradients are computed). film.chroma: a --coding-input "
+        "network learns what the chroma coding changes while every default-coded JPEG is restored "
+        "exactly as by the quality model it was grown from. Default: every weight learns.",
+        nargs="+",
     )
     augment: bool = option(True, help="Random flips and 90-degree rotations of each batch.")
     val_every: int = option(10, help="Validate every N steps (the original: every 10 batches).")

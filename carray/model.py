@@ -7,7 +7,8 @@ Every network takes ``forward(x, quality=None)``; ``quality`` is (n,) float, the
 quality, chroma quality and chroma subsampling code (carray.quality.SUBSAMPLING_CODES: 0 = 4:4:4,
 1 = 4:2:2, 2 = 4:2:0). Networks built with ``quality_input=True`` (``takes_quality``) need it; those
 built with ``coding_input=True`` as well see all three (given (n,) qualities, they assume libjpeg's
-default coding: chroma at the luma quality, 4:2:0); the others ignore it.
+default coding: chroma at the luma quality, 4:2:0), and restore a default-coded JPEG exactly as the
+quality network they were grown from (:class:`QualityFiLM`); the others ignore it.
 
 Model files hold a ``state_dict`` plus JSON of the constructor arguments and of how the model was
 trained, and load with ``torch.load(weights_only=True)``: no pickled code ever runs.
@@ -157,37 +158,50 @@ def _modulate(features: torch.Tensor, film: torch.Tensor, in_place: bool = False
     return features * (1 + film[:, 0]) + film[:, 1]
 
 
+def _film_mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    """The conditioning MLP; its last layer starts at zero, so the modulation it adds starts at none."""
+    net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, outputs))
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
 class QualityFiLM(nn.Module):
     """JPEG quality -> a per-channel scale and shift for each modulated layer (FiLM, Perez et al.
     2018; FBCNN conditions its decoder on quality the same way). The last layer starts at zero, so a
     network that gains this module starts out as the network it was: fine-tuning a model trained
-    without quality begins exactly where that model was."""
+    without quality begins exactly where that model was.
 
-    #: Inputs of the first layer: q and log q; with the coding also chroma q, log chroma q, and the
-    #: chroma's horizontal and vertical halving (4:4:4 = 0 0, 4:2:2 = 1 0, 4:2:0 = 1 1).
-    QUALITY_FEATURES, CODING_FEATURES = 2, 6
+    With `coding`, a second MLP (`chroma`) adds what the chroma's coding changes: its output for the
+    file's coding minus its output for libjpeg's default coding at the same quality (chroma table at
+    the luma quality, 4:2:0), and exactly zero for a default-coded file. So a coding network restores
+    every default-coded JPEG exactly as the quality network it was grown from, whatever the chroma
+    MLP learns: a shared first layer (session 11) traded default-coded quality for the others."""
+
+    #: Inputs: q and log q; the chroma MLP also chroma q's log and the chroma's horizontal and
+    #: vertical halving (4:4:4 = 0 0, 4:2:2 = 1 0, 4:2:0 = 1 1).
+    QUALITY_FEATURES, CHROMA_FEATURES = 2, 5
 
     def __init__(self, layers: int, width: int, hidden: int = 64, coding: bool = False):
         super().__init__()
         self.layers, self.width, self.coding = layers, width, coding
-        self.net = nn.Sequential(
-            nn.Linear(self.CODING_FEATURES if coding else self.QUALITY_FEATURES, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, layers * 2 * width),
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = _film_mlp(self.QUALITY_FEATURES, hidden, layers * 2 * width)
+        self.chroma = _film_mlp(self.CHROMA_FEATURES, hidden, layers * 2 * width) if coding else None
 
     def forward(self, quality: torch.Tensor) -> torch.Tensor:
         """quality (n,) in 1..100, or codings (n, 3) (module docstring) -> (n, layers, 2, width, 1, 1)."""
         coding = as_codings(quality)
         q = coding[:, :2].float().clamp(1, 100) / 100
         # q and log q: the artifacts change fastest at low qualities, where 1/q scales the tables.
-        features = [q[:, :1], torch.log(q[:, :1])]
-        if self.coding:
-            sub = coding[:, 2:3].float()
-            features += [q[:, 1:], torch.log(q[:, 1:]), (sub >= 1).float(), (sub >= 2).float()]
-        return self.net(torch.cat(features, dim=1)).reshape(-1, self.layers, 2, self.width, 1, 1)
+        luma = torch.cat([q[:, :1], torch.log(q[:, :1])], dim=1)
+        film = self.net(luma)
+        if self.chroma is not None:
+            sub = coding[:, 2:3]
+            coded = torch.cat([luma, torch.log(q[:, 1:]), (sub >= 1).float(), (sub >= 2).float()], dim=1)
+            default = torch.cat([luma, luma[:, 1:], torch.ones_like(sub), torch.ones_like(sub)], dim=1)
+            departs = ((q[:, 1:] != q[:, :1]) | (sub != 2)).float()  # the mask makes a default coding's zero exact
+            film = film + (self.chroma(coded) - self.chroma(default)) * departs
+        return film.reshape(-1, self.layers, 2, self.width, 1, 1)
 
 
 def conditioning(values: list, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
@@ -312,36 +326,25 @@ def init_from(model: nn.Module, source: nn.Module) -> list[str]:
 def _grown_state(model: nn.Module, source: nn.Module) -> dict:
     """`source`'s weights, laid out for `model` when `model` is the same unshuffled-cnn with more
     residual blocks: the extra blocks come after the source's and start as the identity (their
-    second convolution is zero), and the quality FiLM's output rows are moved so each old layer
+    second convolution is zero), and the FiLM MLPs' output rows are moved so each old layer
     keeps its own scale and shift (the new blocks' rows are zero). Step 0 of the grown network is
     then exactly the source network. Anything else: the source's weights as they are."""
     theirs = source.state_dict()
     if not (isinstance(model, UnshuffledCNN) and isinstance(source, UnshuffledCNN)):
         return theirs
-    theirs = _with_coding_inputs(model, source, theirs)
     old, new = len(source.blocks), len(model.blocks)
     if new <= old or model.args["width"] != source.args["width"] or model.film is None or source.film is None:
         return theirs
     width = source.args["width"]
-    key = f"film.net.{len(model.film.net) - 1}"
     grown = dict(theirs)
-    for part in ("weight", "bias"):
-        rows = theirs[f"{key}.{part}"].reshape(old + 1, 2 * width, *theirs[f"{key}.{part}"].shape[1:])
-        target = torch.zeros((new + 1, *rows.shape[1:]), dtype=rows.dtype)
-        target[:old], target[new] = rows[:old], rows[old]  # the last row modulates the output features
-        grown[f"{key}.{part}"] = target.reshape(-1, *rows.shape[2:])
+    last = len(model.film.net) - 1
+    for key in (f"film.{mlp}.{last}.{part}" for mlp in ("net", "chroma") for part in ("weight", "bias")):
+        if key in theirs:
+            rows = theirs[key].reshape(old + 1, 2 * width, *theirs[key].shape[1:])
+            target = torch.zeros((new + 1, *rows.shape[1:]), dtype=rows.dtype)
+            target[:old], target[new] = rows[:old], rows[old]  # the last row modulates the output features
+            grown[key] = target.reshape(-1, *rows.shape[2:])
     return grown
-
-
-def _with_coding_inputs(model: "UnshuffledCNN", source: "UnshuffledCNN", theirs: dict) -> dict:
-    """A quality-conditioned source for a model that also sees the chroma coding: the FiLM's first
-    layer gains zero weights for the new inputs, so the grown model starts as the source did."""
-    if model.film is None or source.film is None or not model.film.coding or source.film.coding:
-        return theirs
-    weight = theirs["film.net.0.weight"]
-    grown = torch.zeros((weight.shape[0], QualityFiLM.CODING_FEATURES), dtype=weight.dtype)
-    grown[:, : weight.shape[1]] = weight
-    return {**theirs, "film.net.0.weight": grown}
 
 
 # --- files ---

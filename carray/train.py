@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from . import storage
 from .config import TrainConfig
-from .errors import JobError
+from .errors import JobError, OptionError
 from .model import build_model, init_from, load_model_bytes, model_bytes
 from .pairs import CHROMA_QUALITY, COMPRESSED, ORIGINAL, QUALITY, SUBSAMPLING, patch_shape, patches_from_arrow
 
@@ -163,17 +163,35 @@ def optimizer_on_device(model: torch.nn.Module, lr: float, saved: Optional[dict]
     the CPU and a resumed GPU run failed at its first step (found on an H100).
 
     `film_lr_scale` != 1: the quality/coding FiLM (`film.*`) learns at that multiple of the rate, in
-    a group of its own (each group's "scale" multiplies the schedule's rate)."""
-    film = [p for name, p in model.named_parameters() if name.startswith("film.")]
-    rest = [p for name, p in model.named_parameters() if not name.startswith("film.")]
+    a group of its own (each group's "scale" multiplies the schedule's rate). Frozen parameters
+    (:func:`freeze_all_but`) are left out."""
+    learning = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    film = [p for name, p in learning if name.startswith("film.")]
+    rest = [p for name, p in learning if not name.startswith("film.")]
     if film and film_lr_scale != 1.0:
         groups = [{"params": rest, "scale": 1.0}, {"params": film, "scale": film_lr_scale, "lr": lr * film_lr_scale}]
     else:
-        groups = [{"params": list(model.parameters()), "scale": 1.0}]
+        groups = [{"params": [p for _, p in learning], "scale": 1.0}]
     optimizer = torch.optim.Adam(groups, lr=lr)
     if saved is not None:
         optimizer.load_state_dict(saved)
     return optimizer
+
+
+def freeze_all_but(model: torch.nn.Module, prefixes: tuple) -> list:
+    """Stop the gradient of every parameter whose name starts with none of `prefixes` (none given:
+    all learn); returns the (name, parameter) pairs that still learn. Raises ValueError when no
+    parameter matches, naming the prefixes the network has."""
+    named = list(model.named_parameters())
+    if not prefixes:
+        return named
+    learning = [(name, p) for name, p in named if name.startswith(tuple(prefixes))]
+    if not learning:
+        modules = sorted({name.rsplit(".", 2)[0] for name, _ in named})
+        raise ValueError(f"--train-only {' '.join(prefixes)} matches no weight of this network; its modules: {', '.join(modules)}")
+    for name, p in named:
+        p.requires_grad_(name.startswith(tuple(prefixes)))
+    return learning
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -213,6 +231,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if rank == 0:
             print(f"carray: resuming from the checkpoint at step {step}")
     resumed_from = step
+    freeze_all_but(model, cfg.train_only)  # before DDP, which all-reduces the gradients of what learns
     model = ray.train.torch.prepare_model(model, move_to_device=device)  # wraps in DDP when world > 1
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
@@ -500,6 +519,10 @@ def run_train(cfg: TrainConfig) -> dict:
     out_fs, out_root = storage.resolve(cfg.output, cfg.s3())
     data = inspect_data(cfg, fs, root)
     data.update(network_for(cfg, data["channels"]))
+    try:  # a --train-only that names nothing in this network is refused before anything starts
+        freeze_all_but(build_model(data["arch"], **data["model_args"]), cfg.train_only)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
     connect(cfg.address)
     storage.make_output_root(out_fs, out_root, cfg.output, cfg.create_bucket)
     result = build_trainer(cfg, data, fs, root, out_fs, out_root).fit()

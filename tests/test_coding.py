@@ -89,7 +89,7 @@ def _coding_model(seed: int = 0):
     torch.manual_seed(seed)
     model = build_model("unshuffled-cnn", channels=3, blocks=2, width=16, coding_input=True).eval()
     with torch.no_grad():
-        for p in model.film.net.parameters():
+        for p in model.film.parameters():
             p.normal_(0, 0.3)
         model.out.weight.normal_(0, 0.05)
     return model
@@ -102,7 +102,7 @@ def test_a_network_that_sees_the_coding_starts_as_the_quality_network_it_extends
         for p in source.parameters():
             p.normal_(0, 0.1)
     grown = build_model("unshuffled-cnn", channels=3, blocks=2, width=16, coding_input=True).eval()
-    assert init_from(grown, source) == []
+    assert all(name.startswith("film.chroma.") for name in init_from(grown, source))  # only the chroma MLP is new
     x = torch.rand(3, 3, 24, 24)
     with torch.no_grad():
         expected = source(x, torch.tensor([10.0, 30.0, 80.0]))
@@ -114,6 +114,23 @@ def test_a_network_that_sees_the_coding_starts_as_the_quality_network_it_extends
         assert torch.equal(model(x, torch.tensor([[30.0, 30, 2]] * 3)), default)  # (n,) = libjpeg's default coding
         assert not torch.allclose(model(x, torch.tensor([[30.0, 30, 0]] * 3)), default)  # 4:4:4 is seen
         assert not torch.allclose(model(x, torch.tensor([[30.0, 70, 2]] * 3)), default)  # so is the chroma table
+
+
+def test_whatever_the_chroma_mlp_learns_a_default_coded_jpeg_is_restored_as_by_the_quality_network():
+    model = _coding_model(seed=3)  # both MLPs random: the chroma one has "learnt" something
+    quality_only = build_model("unshuffled-cnn", channels=3, blocks=2, width=16, quality_input=True).eval()
+    assert init_from(quality_only, model) == []  # the same network less the chroma MLP
+    x = torch.rand(4, 3, 24, 24)
+    mixed = torch.tensor([[10.0, 10, 2], [30, 30, 0], [50, 50, 2], [80, 60, 2]])  # rows 0 and 2 coded as libjpeg does
+    with torch.no_grad():
+        out, plain = model(x, mixed), quality_only(x, mixed[:, 0])
+    assert torch.equal(out[0], plain[0]) and torch.equal(out[2], plain[2])  # exactly, in a batch with other codings
+    assert not torch.allclose(out[1], plain[1]) and not torch.allclose(out[3], plain[3])
+    # Near the default coding the chroma MLP's change is near zero: no jump at the default.
+    with torch.no_grad():
+        near = model.film(torch.tensor([[30.0, 30.01, 2]])) - model.film(torch.tensor([30.0]))
+        far = model.film(torch.tensor([[30.0, 60, 2]])) - model.film(torch.tensor([30.0]))
+    assert near.abs().max() < 1e-3 * far.abs().max()
     assert conditioning([None]) is None
     assert conditioning([30, 40]).shape == (2,) and conditioning([(30, 40, 0)]).shape == (1, 3)
 

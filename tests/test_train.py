@@ -192,12 +192,20 @@ def test_coding_input_trains_on_varied_chroma_and_is_refused_on_gray_data(tiny_d
     run_prep(PrepConfig(input=str(images), output=str(tmp_path / "data"), quality=("20", "40"), color=True, vary_chroma=1.0,
                         split="50/50/0", stride=32))
     base = build_model("unshuffled-cnn", channels=3, blocks=1, width=8, quality_input=True)
+    with torch.no_grad():
+        base.out.weight.normal_(0, 0.05)  # a zero output layer (a fresh network) gives the FiLM no gradient
     save_model(base, str(tmp_path / "base.pt"), {"note": "base"})
     cfg = dict(output=str(tmp_path / "run"), init_from=str(tmp_path / "base.pt"), coding_input=True, steps=2, batch_size=4,
-               val_every=1, checkpoint_every=1, val_patches=8)
+               val_every=1, checkpoint_every=1, val_patches=8, train_only=("film.chroma",))
+    with pytest.raises(OptionError, match="--train-only film.chroma.9 matches no weight.*modules: blocks.0, film.chroma, film.net, inp, out"):
+        run_train(TrainConfig(data=str(tmp_path / "data"), **{**cfg, "train_only": ("film.chroma.9",)}))
     summary = run_train(TrainConfig(data=str(tmp_path / "data"), **cfg))
     model, _ = load_model(summary["model"])
     assert model.takes_coding and model.args["coding_input"]
+    # --train-only film.chroma: only the chroma coding's MLP learnt; the rest is the base model's.
+    learnt = model.state_dict()
+    assert all(torch.equal(learnt[name], value) for name, value in base.state_dict().items())
+    assert learnt["film.chroma.4.weight"].abs().sum() > 0
     with torch.no_grad():
         assert model(torch.rand(2, 3, 16, 16), torch.tensor([[20.0, 50, 0], [40, 40, 2]])).shape == (2, 3, 16, 16)
     with pytest.raises(DataError, match="gray patches"):
