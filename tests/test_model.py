@@ -154,3 +154,12 @@ def test_a_grown_network_starts_as_the_network_it_grew_from():
     x, q = torch.rand(3, 3, 20, 28), torch.tensor([10.0, 50.0, 90.0])
     with torch.no_grad():
         assert torch.allclose(grown.eval()(x, q), source.eval()(x, q), atol=1e-6)
+    # A network that reads the chroma coding grows the same way: its chroma MLP's rows move too.
+    source = build_model("unshuffled-cnn", channels=3, blocks=2, width=8, coding_input=True)
+    for p in source.parameters():
+        p.data.normal_(0, 0.05)
+    grown = build_model("unshuffled-cnn", channels=3, blocks=4, width=8, coding_input=True)
+    assert all(name.startswith(("blocks.2.", "blocks.3.")) for name in init_from(grown, source))
+    codings = torch.tensor([[10.0, 30, 0], [50, 50, 2], [90, 70, 1]])
+    with torch.no_grad():
+        assert torch.allclose(grown.eval()(x, codings), source.eval()(x, codings), atol=1e-6)
