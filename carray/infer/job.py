@@ -18,7 +18,7 @@ from .report import ProgressPrinter, build_summary
 from .resources import PLAN_CPUS, READ_CPUS
 from .restorer import GPU_TILE_BATCH, Restorer
 from .sink import ImageSink, merge_failure_parts
-from .tracker import start_tracker
+from .tracker import ask, start_tracker
 from .write import write_pack
 
 if TYPE_CHECKING:  # the stages run in task processes that need not import torch
@@ -65,8 +65,8 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     try:
         source = key_source(cfg, where, tracker, say)
         totals, networks = restore_all(cfg, where, files, source, tracker, say)
-        listed_skips = ray.get(tracker.listing_skips.remote())
-        networks["first_restored"] = ray.get(tracker.first_restored.remote())
+        listed_skips = ask(tracker.listing_skips.remote)
+        networks["first_restored"] = ask(tracker.first_restored.remote)
     finally:  # the context belongs to the process: a later job here gets its own default back
         context.target_max_block_size = block_size
         # The tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job.

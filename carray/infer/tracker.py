@@ -76,6 +76,19 @@ class JobTracker:
         return {**self.totals, "listed": listed, "skipped": self.totals.get("skipped", 0) + sum(self.listing_skips().values())}
 
 
+def ask(call, attempts: int = 30, wait_s: float = 1.0):
+    """`ray.get(call())` for a query of the tracker's state, asked again while the tracker is
+    restarting: a node lost near the end of a job (spot, autoscaler) made the job's last questions
+    fail with ActorUnavailableError after every image was written (seen in the node-lost test)."""
+    for attempt in range(attempts):
+        try:
+            return ray.get(call())
+        except ray.exceptions.ActorUnavailableError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(wait_s)
+
+
 def start_tracker():
     """A tracker for one job, named (carray-tracker-…, namespace carray) so an operator finds it in
     the dashboard. Kill it when the job ends (ray.kill): it lives as long as its driver otherwise.
