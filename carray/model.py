@@ -184,7 +184,7 @@ class QualityFiLM(nn.Module):
 
     def __init__(self, layers: int, width: int, hidden: int = 64, coding: bool = False):
         super().__init__()
-        self.layers, self.width, self.coding = layers, width, coding
+        self.layers, self.width = layers, width
         self.net = _film_mlp(self.QUALITY_FEATURES, hidden, layers * 2 * width)
         self.chroma = _film_mlp(self.CHROMA_FEATURES, hidden, layers * 2 * width) if coding else None
 

@@ -178,20 +178,18 @@ def optimizer_on_device(model: torch.nn.Module, lr: float, saved: Optional[dict]
     return optimizer
 
 
-def freeze_all_but(model: torch.nn.Module, prefixes: tuple) -> list:
+def freeze_all_but(model: torch.nn.Module, prefixes: tuple) -> None:
     """Stop the gradient of every parameter whose name starts with none of `prefixes` (none given:
-    all learn); returns the (name, parameter) pairs that still learn. Raises ValueError when no
-    parameter matches, naming the prefixes the network has."""
-    named = list(model.named_parameters())
+    all learn). Raises ValueError when no parameter matches, naming the network's modules."""
     if not prefixes:
-        return named
-    learning = [(name, p) for name, p in named if name.startswith(tuple(prefixes))]
-    if not learning:
+        return
+    prefixes = tuple(prefixes)
+    named = list(model.named_parameters())
+    if not any(name.startswith(prefixes) for name, _ in named):
         modules = sorted({name.rsplit(".", 2)[0] for name, _ in named})
         raise ValueError(f"--train-only {' '.join(prefixes)} matches no weight of this network; its modules: {', '.join(modules)}")
     for name, p in named:
-        p.requires_grad_(name.startswith(tuple(prefixes)))
-    return learning
+        p.requires_grad_(name.startswith(prefixes))
 
 
 def train_loop_per_worker(config: dict) -> dict:
