@@ -7,6 +7,8 @@ TORCH_DEV := torch==2.13.0
 STAMP := $(VENV)/.installed
 # The preview page's tests open it in a real browser: Debian's Chromium.
 CHROMIUM := /usr/bin/chromium
+# The metadata tests read inputs and outputs with the reference reader: Debian's exiftool.
+EXIFTOOL := /usr/bin/exiftool
 
 .PHONY: setup demo test bench clean
 
@@ -22,10 +24,13 @@ $(STAMP): pyproject.toml
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+$(EXIFTOOL):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl
+
 demo: $(STAMP)
 	$(PY) -m carray.demo --output demo-output
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(EXIFTOOL)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -9,19 +9,24 @@ from __future__ import annotations
 import io
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .metadata import Envelope, read_envelope, wrap
 from .quality import quality_from_tables
 
 #: Default decompression-bomb limit: 256 megapixels.
 DEFAULT_MAX_PIXELS = 256_000_000
 
 #: File extensions treated as images when listing folders and buckets.
-IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
+IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".webp")
+
+#: Pillow's names of the files restored as JPEGs: MPO is a JPEG whose MPF index lists more images
+#: after it (stereo frames, depth or gain maps); its first image is the one restored.
+JPEG_FORMATS = ("JPEG", "MPO")
 
 # Output format name -> (Pillow format, file extension).
 OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
@@ -33,18 +38,28 @@ class ImageError(ValueError):
 
 @dataclass
 class DecodedImage:
-    """A decoded image ready for restoration.
+    """A decoded image ready for restoration, with the metadata its output carries.
 
-    pixels: uint8, (h, w) gray or (h, w, 3) RGB, EXIF orientation already applied.
+    pixels: uint8, (h, w) gray or (h, w, 3) RGB; upright (EXIF orientation applied) when `upright`,
+    else as the file stores them, the orientation still to apply (by a viewer that reads the EXIF
+    of a JPEG output, or by :func:`encode_image` for PNG and WebP).
     alpha: uint8 (h, w) or None — the transparency the input had, kept aside untouched.
     icc: the ICC profile bytes to carry to the output (dropped when colours were converted).
-    exif: EXIF bytes with the orientation reset, or None.
+    exif: EXIF bytes ("Exif\\0\\0" + TIFF); as the file holds them unless `upright` (then without
+    the orientation), None without or when unreadable. xmp: the XMP packet, or None.
+    envelope: a JPEG input's segments and trailer, carried byte for byte into a JPEG output
+    (carray/metadata.py); None for other inputs.
+    notes: what of the input's metadata could not be kept, one reason each.
     """
 
     pixels: np.ndarray
     alpha: Optional[np.ndarray] = None
     icc: Optional[bytes] = None
     exif: Optional[bytes] = None
+    xmp: Optional[bytes] = None
+    envelope: Optional[Envelope] = None
+    upright: bool = True
+    notes: tuple = ()
 
     @property
     def is_color(self) -> bool:
@@ -107,12 +122,19 @@ def _normalize_mode(img: Image.Image) -> tuple[Image.Image, bool]:
     raise ImageError(f"unsupported image mode {img.mode!r}")
 
 
-def _exif_without_orientation(img: Image.Image) -> Optional[bytes]:
-    exif = img.getexif()
-    if not exif:
-        return None
-    exif.pop(0x0112, None)  # Orientation: already applied to the pixels.
-    return exif.tobytes()
+def _upright(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Apply the EXIF orientation to the pixels and remove it from the EXIF and XMP (Pillow's
+    exif_transpose). An EXIF Pillow cannot read leaves the pixels as stored and is not kept: a tag
+    never costs a photo."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # Pillow's "Corrupt EXIF data" goes to the notes, not the console
+            warnings.simplefilter("always")
+            upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # TypeError, SyntaxError, struct.error... from a broken EXIF
+        img.info.pop("exif", None)
+        return img, [f"EXIF unreadable ({type(exc).__name__}: {exc}): orientation not applied, EXIF not kept"]
+    corrupt = [str(w.message) for w in caught if "EXIF" in str(w.message)]
+    return upright, [f"EXIF partly unreadable ({corrupt[0].strip()}): what could be read is kept"] if corrupt else []
 
 
 @dataclass(frozen=True)
@@ -173,7 +195,7 @@ def read_header(data: bytes, max_pixels: Optional[int] = None) -> ImageHeader:
         with img:
             _check_size(*img.size, max_pixels)
             quality = subsampling = chroma = None
-            if img.format == "JPEG":
+            if img.format in JPEG_FORMATS:
                 tables = getattr(img, "quantization", None) or {}
                 quality, chroma = quality_from_tables(tables), quality_from_tables(tables, "chroma")
                 subsampling = "gray" if img.mode == "L" else _jpeg_subsampling(img)
@@ -198,46 +220,94 @@ def _jpeg_subsampling(img: Image.Image) -> Optional[str]:
         return None
 
 
-def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode PNG, BMP, TIFF, JPEG or WebP bytes into a :class:`DecodedImage`.
+def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, upright: bool = True) -> DecodedImage:
+    """Decode PNG, BMP, TIFF, JPEG (MPO: its first image) or WebP bytes into a :class:`DecodedImage`.
 
-    Raises ImageError with the reason for empty, truncated, non-image or oversized input.
+    `upright`: apply the EXIF orientation to the pixels (what a viewer shows). The infer job keeps
+    them as stored: a JPEG is restored on the 8x8 grid it was coded on, and its EXIF stays as it is.
+    Only pixels that cannot be decoded raise (ImageError, with the reason: empty, truncated,
+    non-image or oversized input); metadata that cannot be read is noted and left out.
     """
     with _pixel_limit(max_pixels):
         img = _open(data)
         _check_size(*img.size, max_pixels)
         try:
             img.load()
-            icc = img.info.get("icc_profile")
-            img = ImageOps.exif_transpose(img)
         except ImageError:
             raise
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on bad data
             raise ImageError(f"cannot decode: {exc}") from None
-    exif = _exif_without_orientation(img)
+    source, notes = img, []
+    if upright:
+        img, notes = _upright(img)
+    icc, exif, xmp = img.info.get("icc_profile"), img.info.get("exif"), img.info.get("xmp")
     img, alpha = _split_alpha(img)
-    img, converted = _normalize_mode(img)
+    base, converted = _normalize_mode(img)
+    envelope = None
+    if not upright and source.format in JPEG_FORMATS:
+        envelope, kept_out = read_envelope(data, source.applist, cmyk=converted)
+        notes += kept_out
+    elif converted and icc:
+        notes.append("ICC profile not kept: it describes CMYK, the restored pixels are RGB")
     return DecodedImage(
-        pixels=np.asarray(img).copy(), alpha=alpha, icc=None if converted else icc, exif=exif
+        pixels=np.asarray(base).copy(), alpha=alpha, icc=None if converted else icc, exif=exif or None,
+        xmp=xmp or None, envelope=envelope, upright=upright, notes=tuple(notes),
     )
 
 
-def encode_image(
-    image: DecodedImage, fmt: str = "png", quality: int = 95
-) -> bytes:
+def encode_image(image: DecodedImage, fmt: str = "png", quality: int = 95, notes: Optional[list] = None) -> bytes:
     """Encode to 'png' (lossless, zlib level 1), 'jpeg' (at `quality`, 4:4:4 chroma) or 'webp' (at
-    `quality`). Alpha goes back in where the format holds it (not JPEG)."""
+    `quality`), with the input's metadata (docs/infer.md, "Metadata"): a JPEG input's segments and
+    trailer byte for byte into a JPEG (carray/metadata.py); EXIF, XMP and ICC otherwise, the
+    orientation applied to the pixels where the format's viewers would not. Alpha goes back in where
+    the format holds it (not JPEG). What could not be kept is appended to `notes`."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {sorted(OUTPUT_FORMATS)}")
-    pil_format, _ = OUTPUT_FORMATS[fmt]
+    notes = [] if notes is None else notes
+    if fmt == "jpeg" and image.envelope is not None:
+        data, kept_out = wrap(_encode_pixels(_pil_image(image), fmt, quality, {}), image.envelope)
+        notes += kept_out
+        return data
+    img = _pil_image(image)
+    if fmt != "jpeg" and not image.upright:  # PNG and WebP viewers do not all read EXIF's orientation
+        img.info.update({key: value for key, value in (("exif", image.exif), ("xmp", image.xmp)) if value})
+        img, unreadable = _upright(img)
+        notes += unreadable
+        image = replace(image, exif=img.info.get("exif"), xmp=img.info.get("xmp"))
+    if fmt != "jpeg" and image.envelope is not None:
+        notes += _not_held(image.envelope, fmt)
+    return _encode_pixels(img, fmt, quality, _metadata_options(image, fmt))
+
+
+def _pil_image(image: DecodedImage) -> Image.Image:
     img = Image.fromarray(image.pixels, "RGB" if image.is_color else "L")
-    if image.alpha is not None and fmt != "jpeg":
+    if image.alpha is not None:
         img.putalpha(Image.fromarray(image.alpha, "L"))
+    return img
+
+
+def _metadata_options(image: DecodedImage, fmt: str) -> dict:
     options = {}
     if image.icc:
         options["icc_profile"] = image.icc
     if image.exif:
         options["exif"] = image.exif
+    if image.xmp:
+        if fmt == "png":  # Pillow writes PNG's XMP as the iTXt chunk Adobe's tools read
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", image.xmp.decode("utf-8", "replace"))
+            options["pnginfo"] = info
+        else:
+            options["xmp"] = image.xmp
+    return options
+
+
+def _encode_pixels(img: Image.Image, fmt: str, quality: int, options: dict) -> bytes:
+    pil_format, _ = OUTPUT_FORMATS[fmt]
+    if fmt == "jpeg" and img.mode in ("RGBA", "LA"):
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
     if fmt in ("jpeg", "webp"):
         options["quality"] = quality
     if fmt == "jpeg":  # full-resolution chroma: the restored colours are what the output is for
@@ -247,6 +317,22 @@ def encode_image(
     buf = io.BytesIO()
     img.save(buf, format=pil_format, **options)
     return buf.getvalue()
+
+
+#: What PNG and WebP outputs hold of a JPEG's segments (Pillow writes these three).
+_HELD_ELSEWHERE = (b"JFIF\x00", b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/\x00", b"ICC_PROFILE\x00")
+
+
+def _not_held(envelope: Envelope, fmt: str) -> list[str]:
+    """The note for a JPEG's segments and trailer that a PNG or WebP output has no place for."""
+    from .metadata import marker_name, split_segments
+
+    lost = sorted({marker_name(raw[1]) for raw in split_segments(envelope.segments) if not raw[4:].startswith(_HELD_ELSEWHERE)})
+    if envelope.trailer:
+        lost.append(f"{len(envelope.trailer)} bytes after the image (MPF images, trailers)")
+    if not lost:
+        return []
+    return [f"not kept in {fmt.upper()}, which holds EXIF, XMP and ICC only: {', '.join(lost)} (--format jpeg keeps them)"]
 
 
 # --- colour: YCbCr in the MATLAB (BT.601, studio range) convention used by published results ---

@@ -6,6 +6,7 @@ the network's activations stay bounded by one tile whatever the image size (the 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
@@ -204,6 +205,6 @@ def restore_image(
     quality: Optional[float] = None, tta: bool = False, batch: int = 1,
 ) -> DecodedImage:
     """Restore with the model that matches the image (:func:`pick_model`) at `quality`
-    (`tta`: the x8 self-ensemble; `batch`: tile windows per forward pass). Alpha, ICC and EXIF pass through unchanged."""
+    (`tta`: the x8 self-ensemble; `batch`: tile windows per forward pass). Alpha and metadata pass through unchanged."""
     pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta, batch)
-    return DecodedImage(pixels=pixels, alpha=image.alpha, icc=image.icc, exif=image.exif)
+    return replace(image, pixels=pixels)

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 import ray
-from PIL import Image
+from PIL import Image, ImageOps
 
 from carray import jpeg
 from carray.cli import main as cli_main
@@ -81,7 +81,10 @@ def test_folder_with_bad_files_then_rerun_writes_nothing(tmp_path, model_file):
             assert not (dst / output_name(rel, FMT)).exists()
             continue
         with Image.open(dst / output_name(rel, FMT)) as out:
-            assert (out.size, out.mode) == (size, mode), rel
+            # As a viewer shows it: a rotated photo keeps its pixels as stored and its orientation tag.
+            assert (ImageOps.exif_transpose(out).size, out.mode) == (size, mode), rel
+    with Image.open(dst / output_name("rotated.jpg", FMT)) as out:
+        assert out.size == (30, 20) and out.getexif().get(0x0112) == 6
     failures = {f["path"]: f["reason"] for f in map(json.loads, (dst / "_failures.jsonl").read_text().splitlines())}
     assert set(failures) == set(bad)
     for rel, (_, reason) in bad.items():
@@ -181,7 +184,7 @@ def test_bucket_to_bucket(s3_server, bucket, tmp_path, model_file, monkeypatch):
             assert fs.open_input_stream(f"{name}/out/{rel}").read() == data, rel
             continue
         with Image.open(io.BytesIO(fs.open_input_stream(f"{name}/out/{output_name(rel, FMT)}").read())) as out:
-            assert (out.size, out.mode) == (size, mode)
+            assert (ImageOps.exif_transpose(out).size, out.mode) == (size, mode)
     failures = fs.open_input_stream(f"{name}/out/_failures.jsonl").read().decode().splitlines()
     assert {json.loads(line)["path"] for line in failures} == set(bad)
     summary = json.loads(fs.open_input_stream(f"{name}/out/_summary.json").read())

@@ -23,9 +23,9 @@ import importlib
 # The public names, and the module each lives in. Imported on first use (PEP 562), so importing the
 # Ray-free modules (carray.infer.packs, ...) does not import Ray through this file.
 _HOMES = {
-    "decode_to_row": "decode", "run_infer": "job", "FAILURES_FILE": "layout", "SUMMARY_FILE": "layout", "WORK_DIR": "layout",
+    "decode_to_row": "decode", "run_infer": "job", "FAILURES_FILE": "layout", "METADATA_FILE": "layout", "SUMMARY_FILE": "layout", "WORK_DIR": "layout",
     "Locations": "layout", "from_row": "packs", "to_row": "packs", "SKIP_EXISTS": "plan", "SKIP_HIDDEN": "plan",
-    "SKIP_NOT_IMAGE": "plan", "output_name": "plan", "passed_name": "plan", "skip_reason": "plan", "format_summary": "report",
+    "SKIP_NOT_IMAGE": "plan", "SKIP_OUTSIDE": "plan", "output_name": "plan", "passed_name": "plan", "skip_reason": "plan", "format_summary": "report",
     "Restorer": "restorer", "encode_row": "write",
 }
 __all__ = sorted(_HOMES)

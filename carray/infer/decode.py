@@ -51,7 +51,8 @@ def decode_to_row(path: str, output: str, data: bytes, max_pixels: Optional[int]
                        quality=NO_QUALITY if header.quality is None else header.quality)
             return row
         chroma = policy.chroma_quality(quality, header.chroma_quality) if policy else header.chroma_quality
-        return to_row(path, output, decode_image(data, max_pixels), quality, chroma, header.subsampling)
+        # As stored: restored on the grid it was coded on, its EXIF (orientation too) kept as it is.
+        return to_row(path, output, decode_image(data, max_pixels, upright=False), quality, chroma, header.subsampling)
     except ImageError as exc:
         return empty_row(path, output, error=str(exc))
     except MemoryError:

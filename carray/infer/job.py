@@ -17,7 +17,7 @@ from .plan import plan_keys
 from .report import ProgressPrinter, build_summary
 from .resources import PLAN_CPUS, READ_CPUS
 from .restorer import GPU_TILE_BATCH, Restorer
-from .sink import ImageSink, merge_failure_parts
+from .sink import ImageSink, merge_failure_parts, merge_parts
 from .tracker import ask, start_tracker
 from .write import write_pack
 
@@ -81,7 +81,7 @@ def prepare_output(cfg: "InferConfig", where: Locations) -> None:
     """The output root exists, and nothing a killed run left behind is in the way."""
     storage.make_output_root(where.dst_fs, where.dst_root, cfg.output, cfg.create_bucket)
     storage.remove_stale_temporaries(where.dst_fs, where.dst_root)  # left by a run that was killed mid-write
-    for stale in ("failures", "tiles"):  # from a run that was killed
+    for stale in ("failures", "metadata", "tiles"):  # from a run that was killed
         storage.delete_dir_if_exists(where.dst_fs, where.work_path(stale))
 
 
@@ -162,8 +162,9 @@ def restore_margin(files: dict[str, bytes]) -> int:
 
 
 def finish(cfg: "InferConfig", where: Locations, files: dict, totals: dict, listed_skips: dict, networks: dict, started: float) -> dict:
-    """Failure lines merged, the work folder removed, the summary written."""
+    """Failure lines and metadata notes merged, the work folder removed, the summary written."""
     failed = merge_failure_parts(where)
+    merge_parts(where, "metadata")
     storage.delete_dir_if_exists(where.dst_fs, where.work_path())
     summary = build_summary(cfg, totals, listed_skips, failed, started, networks, files)
     storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)

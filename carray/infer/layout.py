@@ -11,7 +11,9 @@ from .. import storage
 
 FAILURES_FILE = storage.FAILURES_FILE
 SUMMARY_FILE = "_summary.json"
-#: Inside the output: the failure parts and the waiting tiles of this run.
+#: One line per restored file whose output could not keep all of its input's metadata, and why.
+METADATA_FILE = "_metadata.jsonl"
+#: Inside the output: the failure and metadata parts and the waiting tiles of this run.
 WORK_DIR = "_carray"
 
 

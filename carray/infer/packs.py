@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..images import DecodedImage
+from ..metadata import Envelope
 from ..quality import SUBSAMPLING_CODES, coding
 
 PACK_KEYS = 128
@@ -32,6 +33,9 @@ WHOLE = -1  # the `tile` of an image that is not cut into tiles
 IMAGE_TYPES = {
     "path": pa.string(), "output": pa.string(), "pixels": pa.binary(), "height": pa.int32(), "width": pa.int32(),
     "channels": pa.int32(), "alpha": pa.binary(), "icc": pa.binary(), "exif": pa.binary(), "quality": pa.int32(),
+    # The rest of the input's metadata (carray.images.DecodedImage): XMP, a JPEG's segments and
+    # trailer (carray.metadata.Envelope.to_bytes), and what could not be kept ("\n" between notes).
+    "xmp": pa.binary(), "envelope": pa.binary(), "notes": pa.string(),
     # How the JPEG coded its chroma, for networks that see it: its chroma table's quality and its
     # subsampling code (carray.quality.SUBSAMPLING_CODES); -1 where unknown (gray, not a JPEG).
     "chroma_quality": pa.int32(), "subsampling": pa.int32(),
@@ -45,7 +49,7 @@ IMAGE_TYPES = {
 # complete yet (counted in megapixels only) and "" for an image.
 RESULT_TYPES = {
     "path": pa.string(), "output": pa.string(), "error": pa.string(), "skipped": pa.string(), "passed": pa.string(),
-    "node": pa.string(), "part": pa.string(), "megapixels": pa.float64(),
+    "node": pa.string(), "part": pa.string(), "megapixels": pa.float64(), "notes": pa.string(),
 }
 PLAN_TYPES = {"path": pa.string(), "output": pa.string(), "skipped": pa.string()}
 
@@ -68,7 +72,7 @@ def empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dic
     """A row with no pixels: one that failed (`error`), is skipped, or is not decoded yet."""
     return {
         "path": path, "output": output, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"",
-        "exif": b"", "quality": NO_QUALITY, "chroma_quality": NO_QUALITY, "subsampling": -1, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
+        "exif": b"", "xmp": b"", "envelope": b"", "notes": "", "quality": NO_QUALITY, "chroma_quality": NO_QUALITY, "subsampling": -1, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
         "passed": "", "node": "", "data": b"",
     }
 
@@ -88,6 +92,7 @@ def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] =
     row.update(
         pixels=image.pixels.tobytes(), height=h, width=w, channels=3 if image.is_color else 1,
         alpha=b"" if image.alpha is None else image.alpha.tobytes(), icc=image.icc or b"", exif=image.exif or b"",
+        xmp=image.xmp or b"", envelope=image.envelope.to_bytes() if image.envelope else b"", notes=join_notes(image.notes),
         quality=NO_QUALITY if quality is None else int(quality),
         chroma_quality=NO_QUALITY if chroma_quality is None else int(chroma_quality),
         subsampling=SUBSAMPLING_CODES.get(subsampling or "", -1),
@@ -104,8 +109,20 @@ def row_coding(row: dict):
 
 
 def from_row(row: dict) -> DecodedImage:
+    """The row's image, pixels as the file stores them (the job never applies the orientation
+    before restoring: carray.images.decode_image), with its metadata."""
     h, w, c = int(row["height"]), int(row["width"]), int(row["channels"])
     shape = (h, w) if c == 1 else (h, w, c)
     pixels = np.frombuffer(row["pixels"], np.uint8).reshape(shape)
     alpha = np.frombuffer(row["alpha"], np.uint8).reshape(h, w) if len(row["alpha"]) else None
-    return DecodedImage(pixels=pixels, alpha=alpha, icc=bytes(row["icc"]) or None, exif=bytes(row["exif"]) or None)
+    return DecodedImage(pixels=pixels, alpha=alpha, icc=bytes(row["icc"]) or None, exif=bytes(row["exif"]) or None,
+                        xmp=bytes(row["xmp"]) or None, envelope=Envelope.from_bytes(row["envelope"]), upright=False,
+                        notes=split_notes(row["notes"]))
+
+
+def join_notes(notes) -> str:
+    return "\n".join(notes)
+
+
+def split_notes(text: str) -> tuple:
+    return tuple(text.split("\n")) if text else ()

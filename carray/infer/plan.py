@@ -10,13 +10,18 @@ from .packs import PLAN_TYPES, to_packs
 
 SKIP_EXISTS = "output exists (--overwrite restores it again)"
 SKIP_HIDDEN = "hidden: a folder or file name starts with '.' (--include-hidden restores it)"
+SKIP_OUTSIDE = "key leaves the input: an absolute path or a '..' component (never read, never written)"
 SKIP_NOT_IMAGE = "not an image file name (" + " ".join(IMAGE_EXTENSIONS) + ", any case)"
 
 
 def output_name(relative_path: str, fmt: str) -> str:
     """The output's relative path: the input's own path plus the format's extension
     (photo.jpg -> photo.jpg.jpg with the default --format jpeg). One input, one output, decided by the row alone: a.jpg and
-    a.png can never write the same file, whatever else the collection holds."""
+    a.png can never write the same file, whatever else the collection holds. A multi-picture file
+    stays one as a JPEG output (its other images are kept), so it keeps its own extension:
+    stereo.mpo -> stereo.mpo.mpo."""
+    if fmt == "jpeg" and relative_path.lower().endswith(".mpo"):
+        return relative_path + ".mpo"
     return relative_path + OUTPUT_FORMATS[fmt][1]
 
 
@@ -33,11 +38,19 @@ def passed_name(relative_path: str, restored_name: str) -> str:
 
 def skip_reason(relative_path: str, include_hidden: bool = False) -> str:
     """Why a key is not restored at all ("" when it is a candidate)."""
+    if leaves_root(relative_path):
+        return SKIP_OUTSIDE
     if not include_hidden and any(part.startswith(".") for part in relative_path.split("/")):
         return SKIP_HIDDEN
     if not relative_path.lower().endswith(IMAGE_EXTENSIONS):
         return SKIP_NOT_IMAGE
     return ""
+
+
+def leaves_root(relative_path: str) -> bool:
+    """A key that, joined to the input or output root, would name a path outside it (a manifest's
+    '../x.jpg' or '/etc/x.jpg')."""
+    return relative_path.startswith("/") or ".." in relative_path.split("/")
 
 
 def plan_keys(table: pa.Table, *, fmt: str, where: Locations, overwrite: bool, include_hidden: bool) -> pa.Table:

@@ -10,7 +10,7 @@ from typing import Optional
 import ray
 
 from .. import __version__
-from .layout import FAILURES_FILE
+from .layout import FAILURES_FILE, METADATA_FILE
 
 PROGRESS_EVERY_S = 10.0
 
@@ -86,6 +86,8 @@ def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, started: f
         "seen": totals["restored"] + sum(passed.values()) + sum(skipped.values()) + failed,
         "restored": totals["restored"], "passed_through": sum(passed.values()), "passed_through_by_reason": passed,
         "skipped": sum(skipped.values()), "skipped_by_reason": skipped, "failed": failed,
+        # Restored files whose output lacks some of the input's metadata (each, and why: _metadata.jsonl).
+        "metadata_not_kept": totals.get("metadata_not_kept", 0),
         "megapixels": round(megapixels, 6), "seconds": round(seconds, 2),
         "megapixels_per_second": round(rate, 6), "images_per_second": round(totals["restored"] / seconds, 2),
         **steady_rate(networks.get("first_restored"), started, ended, megapixels),
@@ -127,4 +129,6 @@ def format_summary(summary: dict) -> str:
     ]
     lines += [f"passed through: {n} — {reason}" for reason, n in sorted(summary["passed_through_by_reason"].items())]
     lines += [f"skipped: {n} — {reason}" for reason, n in sorted(summary["skipped_by_reason"].items())]
+    if summary.get("metadata_not_kept"):
+        lines.append(f"metadata: {summary['metadata_not_kept']} restored file(s) could not keep all of their input's metadata (why: {METADATA_FILE})")
     return "\n".join(lines)

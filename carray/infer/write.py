@@ -15,7 +15,7 @@ from .. import storage
 from ..images import DecodedImage, encode_image
 from .layout import Locations
 from .memory import release_free_memory
-from .packs import RESULT_TYPES, WHOLE, from_row, to_packs, unpack
+from .packs import RESULT_TYPES, WHOLE, from_row, join_notes, to_packs, unpack
 from .sink import tally
 from .tiles import remove_tiles, stitch, store_tile
 
@@ -26,7 +26,7 @@ def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImag
     """Restored pixels -> output file bytes (`data`); a passed-through row keeps its own bytes.
     `image`: the pixels when they are not in the row (a stitched large image)."""
     out = {k: row[k] for k in _RESULT_KEYS}
-    out.update(data=b"", megapixels=0.0)
+    out.update(data=b"", megapixels=0.0, notes="")
     if row["error"] or row["skipped"]:
         return out
     if row["passed"]:
@@ -34,7 +34,10 @@ def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImag
         return out
     try:
         out["megapixels"] = row["megapixels"] if image is not None else row["height"] * row["width"] / 1e6
-        out["data"] = encode_image(image if image is not None else from_row(row), fmt, quality)
+        image = image if image is not None else from_row(row)
+        notes = list(image.notes)  # what decoding could not keep, then what the output format cannot
+        out["data"] = encode_image(image, fmt, quality, notes)
+        out["notes"] = join_notes(notes)
     except Exception as exc:  # a codec refusing an image must not stop the job
         out["error"] = f"cannot encode as {fmt}: {exc}"
     return out
@@ -72,7 +75,7 @@ def _store_tile(row: dict, *, where: Locations, tracker) -> tuple[dict, Optional
     """A restored tile -> its tiles folder. Returns (result, None) while the image is incomplete
     (result `part: tile`) or failed, else (result, the stitched image) for encoding."""
     result = {k: row[k] for k in _RESULT_KEYS}
-    result.update(part="tile", megapixels=0.0)
+    result.update(part="tile", megapixels=0.0, notes="")
     if row["error"]:  # the image fails once, however many of its tiles failed
         if ray.get(tracker.tile_failed.remote(row["path"])):
             result["part"] = ""
