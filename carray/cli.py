@@ -76,7 +76,8 @@ def _report_prep(summary, cfg) -> int:
 def _report_train(summary, cfg) -> int:
     last, gain = summary["last"], summary["val_psnr_gain"]
     print(
-        f"train: {summary['steps']} steps (resumed from step {summary['resumed_from']}) in {summary['seconds']:.0f} s | "
+        f"train: {summary['steps']} steps (resumed from step {summary['resumed_from']}) in {summary['seconds']:.0f} s"
+        f"{' (stopped by --time-limit)' if summary.get('stopped_by_time_limit') else ''} | "
         f"last train loss {last.get('train_loss', float('nan')):.3g}, {last.get('samples_per_s', 0):.0f} samples/s | "
         f"exported step {summary['exported_step']} (val PSNR gain {'n/a' if gain is None else f'{gain:.3f}'} dB)\n"
         f"model: {summary['model']}  metrics: {summary['output']}/metrics.csv  figure: {summary['output']}/loss.png"
@@ -96,6 +97,11 @@ def _report_infer(summary, cfg) -> int:
     from .infer import SKIP_EXISTS
 
     done = summary["restored"] + summary["passed_through"] + summary["skipped_by_reason"].get(SKIP_EXISTS, 0)
+    shards = summary.get("shards")
+    if shards and shards["shards_failed"] and not (shards["shards_written"] or shards["shards_skipped"]):
+        return _fail("no shard could be rewritten; see _failures.jsonl", 1)
+    if shards:
+        done += shards["shards_skipped"]
     if summary["failed"] and not done:
         return _fail("every image failed; see _failures.jsonl", 1)
     return 0

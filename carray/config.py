@@ -280,6 +280,12 @@ class TrainConfig(ClusterOptions):
     gpu: Optional[bool] = option(None, help=_GPU_HELP, action=argparse.BooleanOptionalAction)
     threads: int = option(0, help="Torch threads per CPU worker; 0 = the cluster's CPUs divided among the workers.")
     steps: int = option(2000, help="Optimizer steps in all (a resumed run continues up to this).")
+    time_limit: float = option(
+        0.0,
+        help="Stop after this many seconds of training (checked every 10 steps, every worker stopping at the same "
+        "step), with a final checkpoint and the usual model.pt: for a machine lent or paid by the minute. "
+        "0 = no limit; --steps still ends the run and sets the --lr-schedule.",
+    )
     batch_size: int = option(64, help="Patches per step per worker (the original used 1000 on a GPU).")
     lr: float = option(1e-3, help="Adam learning rate (the original's 1e-3).")
     lr_schedule: str = option("constant", help="'constant', 'cosine' (to 1%% of --lr at --steps) or 'step' (x0.1 at 60%% and 85%%).", choices=("constant", "cosine", "step"))
@@ -323,6 +329,8 @@ class TrainConfig(ClusterOptions):
         """Options that no type check catches, refused before anything starts."""
         if not 0 <= self.ema < 1:
             raise OptionError(f"--ema must be 0 (off) or a decay in (0, 1) such as 0.999, got {self.ema}")
+        if self.time_limit < 0:
+            raise OptionError(f"--time-limit must be seconds >= 0 (0: no limit), got {self.time_limit}")
         if not self.film_lr_scale > 0:
             raise OptionError(f"--film-lr-scale must be a positive multiple of --lr, got {self.film_lr_scale}")
 
@@ -343,7 +351,28 @@ _ARCH_OPTIONS = {name for options in ARCH_OPTIONS.values() for name in options}
 
 @dataclass(frozen=True, kw_only=True)
 class InferConfig(RestoreOptions, ClusterOptions):
-    input: str = option(help="Folder or s3://bucket/prefix of JPEGs (any image format; nested folders are kept).")
+    input: str = option(
+        help="Folder or s3://bucket/prefix of JPEGs (any image format; nested folders are kept); or of shards: WebDataset "
+        ".tar files or Parquet files with an image column, a folder or prefix of them, one shard, or a brace pattern "
+        "such as s3://bucket/shards/{00000..09999}.tar. Each shard is rewritten whole under its own name."
+    )
+    input_kind: str = option(
+        "auto",
+        help="files (one object per image), webdataset or parquet (shards). auto: shards when the input is a brace "
+        "pattern or a .tar/.parquet file, or when its first files are shards and none is an image.",
+        choices=("auto", "files", "webdataset", "parquet"),
+    )
+    image_keys: tuple = option(
+        ("jpg", "jpeg"),
+        help="WebDataset shards: the member extensions restored (img2dataset writes key.jpg); every other member "
+        "(captions, JSON, other images) is copied byte for byte.",
+        nargs="+",
+    )
+    image_column: Optional[str] = option(
+        None,
+        help="Parquet shards: the column of images (Hugging Face's {bytes, path} struct or plain binary); default: "
+        "the one such column. Every other column is copied as it was.",
+    )
     output: str = option(
         help="Folder or s3://bucket/prefix for the outputs. A restored input is written at its relative path plus "
         "the format's extension (photo.jpg -> photo.jpg.jpg with the default --format jpeg); an input passed "

@@ -47,13 +47,17 @@ class S3Options:
     region: Optional[str] = None
     create_bucket: bool = False
 
-    def filesystem(self) -> pafs.S3FileSystem:
+    def filesystem(self, probe: bool = False) -> pafs.S3FileSystem:
+        """The filesystem the jobs use (ten attempts per request: stores restart, networks drop), or
+        with `probe` one for a first look that answers within seconds when nothing is there."""
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         access = self.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = self.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
         token = self.session_token or (None if self.access_key else os.environ.get("AWS_SESSION_TOKEN"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        kwargs = {"allow_bucket_creation": self.create_bucket, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        kwargs = {"allow_bucket_creation": self.create_bucket, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2 if probe else 10)}
+        if probe:
+            kwargs.update(connect_timeout=3, request_timeout=10)
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host if host else endpoint, scheme=scheme if host else "https")
@@ -121,16 +125,27 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 
 @contextmanager
-def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator:
+def atomic_output(fs: pafs.FileSystem, path: str, spill: bool = False) -> Iterator:
     """A writable stream for `path` that no reader ever sees half-written, and that leaves nothing
     at `path` when the body raises.
 
     Local: a hidden temporary beside the target, renamed over it on success (atomic on POSIX) and
     removed on failure. Object stores: the bytes are gathered in memory and uploaded only once the
     body has finished: pyarrow's S3 stream completes a multipart upload on close() even when an
-    exception interrupted the writing, which would publish a truncated object.
+    exception interrupted the writing, which would publish a truncated object. `spill`: gathered in
+    a local temporary file instead (a shard of gigabytes), uploaded from it in 8 MB pieces.
     """
     if not isinstance(fs, pafs.LocalFileSystem):
+        if spill:
+            import tempfile
+
+            with tempfile.TemporaryFile() as local:
+                yield local  # an exception here propagates before anything was sent
+                local.seek(0)
+                with fs.open_output_stream(path) as stream:
+                    while piece := local.read(8 << 20):
+                        stream.write(piece)
+            return
         import pyarrow as pa
 
         buffer = pa.BufferOutputStream()
@@ -199,6 +214,16 @@ def make_output_root(fs: pafs.FileSystem, path: str, location: str, create_bucke
         if "/" not in path:
             return
     fs.create_dir(path, recursive=True)
+
+
+def delete_file_if_exists(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if exists(fs, path):
+            raise
 
 
 def delete_dir_if_exists(fs: pafs.FileSystem, path: str) -> None:

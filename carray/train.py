@@ -270,8 +270,9 @@ def train_loop_per_worker(config: dict) -> dict:
             ray.train.report(row)  # every rank: it is a barrier
         window.update(loss=[], psnr=[], samples=0, start=time.perf_counter(), reported=True)
 
-    diverged = False
-    while step < cfg.steps and not diverged:
+    diverged = timed_out = False
+    started = time.monotonic()
+    while step < cfg.steps and not (diverged or timed_out):
         for batch in train_shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", drop_last=True, local_shuffle_buffer_size=cfg.batch_size * 16):
             x, y, q = to_tensor(batch[COMPRESSED]), to_tensor(batch[ORIGINAL]), quality_tensor(batch)
             if cfg.augment:
@@ -296,17 +297,31 @@ def train_loop_per_worker(config: dict) -> dict:
             window["loss"].append(loss.item())
             window["psnr"].append(psnr_per_patch(out.detach(), y).mean().item())
             window["samples"] += len(x)
-            checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            timed_out = step % 10 == 0 and out_of_time(cfg.time_limit, started, device, world)
+            checkpoint_due = step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out
             if checkpoint_due or step % cfg.val_every == 0:
                 report(checkpoint_due)
-            if step >= cfg.steps:
+            if step >= cfg.steps or timed_out:
                 break
     if diverged:
         # No checkpoint: the last good one stays the latest. The driver turns this into an error.
         report(False, {"diverged": 1.0})
     elif not window["reported"]:  # resumed at or past --steps: hand back the final state anyway
         report(True)
-    return {"step": step, "resumed_from": resumed_from, "diverged": diverged}
+    return {"step": step, "resumed_from": resumed_from, "diverged": diverged, "timed_out": timed_out}
+
+
+def out_of_time(limit: float, started: float, device, world: int) -> bool:
+    """--time-limit reached? Every rank answers the same (rank 0's clock decides), or the others would
+    wait in the next all-reduce for a rank that stopped."""
+    if not limit:
+        return False
+    over = torch.tensor([1.0 if time.monotonic() - started > limit else 0.0], device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(over, src=0)
+    return bool(over.item())
 
 
 def weight_average(plain: torch.nn.Module, decay: float, state: Optional[dict]):
@@ -555,5 +570,5 @@ def run_train(cfg: TrainConfig) -> dict:
         "output": cfg.output, "model": storage.join(cfg.output, "model.pt"), "steps": int(final["step"]),
         "exported_step": int(chosen["step"]), "val_psnr_gain": chosen_row.get("val_psnr_gain"),
         "last": last, "seconds": round(time.time() - started, 1), "checkpoints": result.path,
-        "resumed_from": int(status.get("resumed_from", 0)),
+        "resumed_from": int(status.get("resumed_from", 0)), "stopped_by_time_limit": bool(status.get("timed_out")),
     }

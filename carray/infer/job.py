@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+import pyarrow.fs as pafs
 import ray
 
 from .. import storage
@@ -50,11 +51,17 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
         return run_preview(cfg, say)
     started = time.time()
     cfg.check()
-    where = Locations.resolve(cfg.input, cfg.output, cfg.s3())
+    check_input(cfg)  # before Ray starts: a typo costs a second, not a cluster
+    shards = input_kind(cfg) != "files"
+    where = Locations.resolve(shard_root(cfg.input) if shards else cfg.input, cfg.output, cfg.s3())
     files = model_files(cfg.model, cfg.s3())
     prepare_output(cfg, where)
     connect(cfg.address)
     tune_data_context()
+    if shards:
+        from .shardjob import run_shards
+
+        return run_shards(cfg, where, files, say)
     # One pack per block: a block is what Ray Data hands to one task or actor call, so every pack
     # is scheduled on its own and packs spread over every actor. Set before the first Dataset is
     # made (each copies the context). (Not Dataset.repartition: its task asks for a whole CPU,
@@ -75,6 +82,51 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     if source.listed and summary["seen"] == sum(listed_skips.values()):  # the listing handed on no key at all
         raise storage.StorageError(f"{cfg.input}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return summary
+
+
+def input_kind(cfg: "InferConfig") -> str:
+    """'files' or 'shards', from --input-kind or, with auto, from the input: a brace pattern or a
+    .tar/.parquet file is shards; a folder is shards when its first files are shards and none is an
+    image (a look at up to 1,000 files, before Ray starts)."""
+    from .shards import shard_kind
+
+    if cfg.input_kind != "auto":
+        return "files" if cfg.input_kind == "files" else "shards"
+    if "{" in cfg.input or shard_kind(cfg.input):
+        return "shards"
+    fs, root = probe(cfg.input, cfg)
+    try:
+        seen = [rel for _, (rel, _size) in zip(range(1000), storage.walk_files(fs, root))]
+    except (storage.StorageError, OSError):
+        return "files"  # check_input says what is wrong with it
+    images = any(rel.lower().endswith(IMAGE_EXTENSIONS) for rel in seen)
+    return "shards" if not images and any(shard_kind(rel) for rel in seen) else "files"
+
+
+def shard_root(location: str) -> str:
+    """The folder a shard pattern's names are relative to: 's3://b/shards/{000..009}.tar' -> 's3://b/shards'."""
+    return location.split("{", 1)[0].rsplit("/", 1)[0] if "{" in location else location
+
+
+def probe(location: str, cfg: "InferConfig") -> tuple:
+    """(filesystem, path) for a first look at a location: on S3 one that gives up within seconds
+    (the jobs' own retries for minutes, as a store that restarts needs)."""
+    fs, path = storage.resolve(location, cfg.s3())
+    return (cfg.s3().filesystem(probe=True) if isinstance(fs, pafs.S3FileSystem) else fs), path
+
+
+def check_input(cfg: "InferConfig") -> None:
+    """The input exists and answers, before any cluster starts: one line with what to do, not a
+    traceback from deep inside a listing task."""
+    fs, root = probe(shard_root(cfg.input), cfg)
+    try:
+        info = fs.get_file_info(root)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise storage.StorageError(f"cannot reach the input {cfg.input}: {first} (check --endpoint-url / AWS_ENDPOINT_URL, the "
+                                   "network and the credentials)") from None
+    if info.type == pafs.FileType.NotFound and not cfg.manifest and not cfg.retry_failed:
+        raise storage.StorageError(f"{cfg.input}: does not exist (check the path or bucket and prefix)")
 
 
 def prepare_output(cfg: "InferConfig", where: Locations) -> None:

@@ -127,6 +127,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['megapixels']:.1f} MP in {summary['seconds']:.1f} s, {summary['megapixels_per_second']:.2f} MP/s{_per_device(summary)}",
         f"output: {summary['output']}",
     ]
+    if summary.get("shards"):
+        shards = summary["shards"]
+        lines.insert(1, f"shards: {shards['shards_written']} written, {shards['shards_skipped']} skipped (output exists), "
+                        f"{shards['shards_failed']} with an error, of {shards['shards']}; {summary['samples']} samples, {summary['images']} images")
     lines += [f"passed through: {n} — {reason}" for reason, n in sorted(summary["passed_through_by_reason"].items())]
     lines += [f"skipped: {n} — {reason}" for reason, n in sorted(summary["skipped_by_reason"].items())]
     if summary.get("metadata_not_kept"):
