@@ -26,6 +26,12 @@ Cases:
   listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
               JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the
               seconds from the job's start to its first output.
+  shards      --shard-images small colour JPEGs (128x128, q30) on a SeaweedFS bucket, once as one object
+              each and once as WebDataset shards of --shard-size (key.jpg + key.txt, as img2dataset
+              writes them): the job on each, wall time, S3 requests by type counted by the server,
+              bytes in and out; images/s of the shard path against the file path.
+  shard-memory one WebDataset shard of --shard-photos colour JPEGs of 9.4 MP against the same photos as
+              files: peak memory (PSS) of all processes above idle Ray for each, and MP/s.
   passthrough --passthrough JPEGs at q97 (passed through as their own bytes, decided from the header)
               against copying the folder, and 100 q20 ones restored: images/s of each.
 The job's figures come from its own `_summary.json` (wall time from the job's start: listing, actor
@@ -384,6 +390,94 @@ def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
     return {"keys_per_s": rates, "first_output_seconds": first.get("seconds"), "job_seconds": summary["seconds"]}
 
 
+def case_shards(tmp: Path, model_path: str, images: int, shard_size: int) -> dict:
+    """The same small images as files and as shards, on the tests' SeaweedFS server, through the job:
+    seconds, the server's own count of S3 requests by type (what a store bills), bytes moved."""
+    import io
+    import sys as _sys
+    import tarfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    _sys.path.insert(0, str(REPO / "tests"))
+    from support.s3 import SeaweedS3
+
+    server = SeaweedS3(tmp / "seaweed-shards")
+    server.start()
+    try:
+        fs = server.filesystem()
+        fs.create_dir("bench")
+        photos = [jpeg.compress(np.roll(_small_colour(), i * 7, axis=1), 30) for i in range(64)]
+
+        def put(name_data) -> None:
+            with fs.open_output_stream(f"bench/{name_data[0]}") as f:
+                f.write(name_data[1])
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(put, ((f"files/{i // 1000:04d}/{i:09d}.jpg", photos[i % 64]) for i in range(images))))
+            shards = []
+            for first in range(0, images, shard_size):
+                buf = io.BytesIO()
+                with tarfile.open(fileobj=buf, mode="w") as tar:
+                    for i in range(first, min(images, first + shard_size)):
+                        for name, data in ((f"{i:09d}.jpg", photos[i % 64]), (f"{i:09d}.txt", f"caption {i}".encode())):
+                            info = tarfile.TarInfo(name)
+                            info.size = len(data)
+                            tar.addfile(info, io.BytesIO(data))
+                shards.append((f"shards/{first // shard_size:05d}.tar", buf.getvalue()))
+            list(pool.map(put, shards))
+        print(f"shards: {images} images written as files and as {len(shards)} shards in {time.perf_counter() - started:.0f} s")
+        for key, value in server.env().items():
+            os.environ[key] = value
+        figures = {}
+        for kind in ("files", "shards"):
+            before = server.requests()
+            summary = job_in_bucket(f"s3://bench/{kind}", f"s3://bench/out-{kind}", model_path)
+            after = server.requests()
+            requests = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
+            assert summary["restored"] == images, summary
+            figures[kind] = {"seconds": summary["seconds"], "images_per_s": images / summary["seconds"], "requests": requests,
+                             "requests_total": sum(requests.values()), "mp_per_s": summary["megapixels_per_second"]}
+            print(f"shards: {kind}: {summary['seconds']:.1f} s, {images / summary['seconds']:.0f} images/s, "
+                  f"S3 requests {sum(requests.values())} ({', '.join(f'{k} {v}' for k, v in sorted(requests.items()))})")
+    finally:
+        server.stop()
+    ratio = figures["shards"]["images_per_s"] / figures["files"]["images_per_s"]
+    print(f"shards: images/s of the shard path / the file path = {ratio:.2f}; requests per image "
+          f"{figures['files']['requests_total'] / images:.2f} (files) vs {figures['shards']['requests_total'] / images:.4f} (shards)")
+    return {"images": images, "shard_size": shard_size, **figures, "ratio": ratio}
+
+
+def case_shard_memory(tmp: Path, model_path: str, photos: int) -> dict:
+    """One shard of `photos` 9.4 MP colour JPEGs streamed through one actor, against the same photos as
+    files: the peak memory above idle Ray of each (the shard must not be held decoded)."""
+    import tarfile
+
+    megapixels = make_photos(tmp / "shard-photos", photos)
+    shard = tmp / "shard-in" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for path in sorted((tmp / "shard-photos").glob("*.jpg")):
+            tar.add(path, arcname=path.name)
+    figures = {}
+    for kind, src in (("files", tmp / "shard-photos"), ("shard", shard.parent)):
+        time.sleep(2)  # the previous job's workers exit
+        idle = tree_memory()
+        with PeakMemory() as peak:
+            summary = job(src, tmp / f"shard-memory-{kind}", model_path)
+        assert summary["restored"] == photos, summary
+        figures[kind] = {"peak_above_idle_gib": (peak.peak - idle) / 2**30, "mp_per_s": summary["megapixels_per_second"]}
+        print(f"shard-memory: {kind}: {photos} photos ({megapixels:.0f} MP, {shard.stat().st_size / 1e6:.0f} MB as one shard): "
+              f"{summary['megapixels_per_second']:.2f} MP/s, peak memory (PSS) {figures[kind]['peak_above_idle_gib']:.2f} GiB above idle Ray")
+    return figures
+
+
+def _small_colour() -> np.ndarray:
+    """A 128x128 colour crop of the bundled LIVE1 pair: real texture for small test images."""
+    with Image.open(BUNDLED_ROOT / "LIVE1_color" / sorted(os.listdir(BUNDLED_ROOT / "LIVE1_color"))[0]) as img:
+        return np.asarray(img.convert("RGB"))[:128, :128].copy()
+
+
 def job_in_bucket(src: str, dst: str, model_path: str) -> dict:
     return run_infer(InferConfig(input=src, output=dst, model=model_path), say=lambda line: None)
 
@@ -509,7 +603,7 @@ def case_preview(tmp: Path, shown: int, photos: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan", "preview"]
+    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan", "preview", "shards", "shard-memory"]
     parser.add_argument("--cases", nargs="+", default=cases, choices=cases)
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
@@ -533,6 +627,9 @@ def main() -> None:
                         help="small case: the job's --runtime (auto: ONNX Runtime for fp32 on CPUs, as users get it)")
     parser.add_argument("--loop-runtime", default="torch", choices=["torch", "onnxruntime"],
                         help="the bare loop's runtime (torch: what a bare loop runs; onnxruntime: the same runtime as the job's default)")
+    parser.add_argument("--shard-images", type=int, default=100_000, help="small JPEGs in the shards case, as files and as shards")
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard in the shards case")
+    parser.add_argument("--shard-photos", type=int, default=24, help="9.4 MP photos in the shard-memory case's one shard")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -572,6 +669,10 @@ def main() -> None:
             results["preview"] = case_preview(tmp, args.preview_shown, args.preview_photos)
         if "passthrough" in args.cases:
             results["passthrough"] = case_passthrough(tmp, model_path, args.passthrough, 100)
+        if "shards" in args.cases:
+            results["shards"] = case_shards(tmp, model_path, args.shard_images, args.shard_size)
+        if "shard-memory" in args.cases:
+            results["shard-memory"] = case_shard_memory(tmp, model_path, args.shard_photos)
         ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -76,6 +76,37 @@ def test_node_lost_during_infer(collection, tmp_path):
     assert_exactly_once(src, dst, reference)
 
 
+def test_node_lost_while_rewriting_shards(collection, tmp_path):
+    """The collection's JPEGs as six WebDataset shards (key.jpg beside key.txt); a worker node is
+    removed once the first output shard exists: every shard is still written once, whole."""
+    import tarfile
+
+    src, model, _ = collection
+    shards, dst = tmp_path / "shards", tmp_path / "out"
+    shards.mkdir()
+    images = sorted(src.rglob("img*.jpg"))
+    for n in range(6):
+        with tarfile.open(shards / f"{n:05d}.tar", "w") as tar:
+            for path in images[n * 4 : n * 4 + 4]:
+                tar.add(path, arcname=f"{path.stem}.jpg")
+                caption = tarfile.TarInfo(f"{path.stem}.txt")
+                caption.size = len(path.stem)
+                tar.addfile(caption, io.BytesIO(path.stem.encode()))
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "support" / "multinode.py"), str(shards), str(dst), str(model),
+         "--remove-worker-after", "1", "--outputs", "*.tar"],
+        capture_output=True, text=True, timeout=500, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["removed_after"] is not None and summary["removed_after"] < 6, "the node went mid-run"
+    assert (summary["restored"], summary["failed"], summary["samples"]) == (IMAGES, 0, IMAGES)
+    for n in range(6):
+        with tarfile.open(dst / f"{n:05d}.tar") as out, tarfile.open(shards / f"{n:05d}.tar") as original:
+            assert out.getnames() == original.getnames(), "every sample, once, in order"
+    assert (dst / "_failures.jsonl").read_text() == "" and not list(dst.rglob("*.tmp"))
+
+
 def test_driver_killed_then_rerun(collection, tmp_path):
     src, model, reference = collection
     dst = tmp_path / "out"

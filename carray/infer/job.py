@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 import ray
 
 from .. import storage
+from ..errors import OptionError
 from ..images import IMAGE_EXTENSIONS
 from .decode import decode_packs
 from .keys import KEY_CHUNK, failures_as_manifest, listing_dataset, read_manifest
@@ -45,14 +46,16 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     from ..modelfiles import model_files
     from ..runtime import connect, tune_data_context
 
-    if cfg.preview:
-        from .preview import run_preview
-
-        return run_preview(cfg, say)
     started = time.time()
     cfg.check()
     check_input(cfg)  # before Ray starts: a typo costs a second, not a cluster
     shards = input_kind(cfg) != "files"
+    if cfg.preview:
+        if shards:
+            raise OptionError("--preview reads files, not shards yet: run the job on a few shards (--manifest) to see them")
+        from .preview import run_preview
+
+        return run_preview(cfg, say)
     where = Locations.resolve(shard_root(cfg.input) if shards else cfg.input, cfg.output, cfg.s3())
     files = model_files(cfg.model, cfg.s3())
     prepare_output(cfg, where)

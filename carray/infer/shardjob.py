@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SKIP_SHARD_EXISTS = "output shard exists (--overwrite rewrites it)"
 FAILURE_DIR = "_failures"
+READ_AHEAD = 8 << 20
 #: The output format of a restored image member: the format it came in (its name says so in a tar).
 MEMBER_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp"}
 
@@ -105,7 +106,9 @@ class ShardRestorer(RowRestorer):
         shard = posixpath.relpath(dst, self.where.dst_root)
         with storage.atomic_output(self.where.dst_fs, dst, spill=True) as target:
             if kind == "webdataset":
-                with self.where.src_fs.open_input_stream(src) as source:
+                # Read ahead in 8 MB pieces: tarfile reads in blocks of a few KB, and an unbuffered
+                # S3 stream makes each one a ranged GET (measured: 200 GETs per 500-image shard).
+                with self.where.src_fs.open_input_stream(src, buffer_size=READ_AHEAD) as source:
                     result = rewrite_tar(source, target, self.restore_member, self.image_keys)
             else:
                 with self.where.src_fs.open_input_file(src) as source:
@@ -225,6 +228,8 @@ def run_shards(cfg: "InferConfig", where: Locations, files: dict, say=print) -> 
     sink = ShardSink()
     ds.write_datasink(sink)
     totals = sink.totals
+    # A shard's temporary left by an actor whose node was lost mid-write (its retry wrote the shard).
+    storage.remove_stale_temporaries(where.dst_fs, where.dst_root)
     merge_shard_failures(where)
     storage.delete_dir_if_exists(where.dst_fs, where.work_path())
     networks = {"precision": precision, "runtime": runtime, "actors": pool.actors, "gpus": round(pool.actors * pool.gpus, 3),

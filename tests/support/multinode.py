@@ -1,9 +1,10 @@
 """Run the infer job on a multi-node local cluster (ray.cluster_utils.Cluster) in its own process.
 
-    python tests/support/multinode.py SRC DST MODEL [--workers 2] [--remove-worker-after N]
+    python tests/support/multinode.py SRC DST MODEL [--workers 2] [--remove-worker-after N] [--outputs GLOB]
 
 Prints one JSON line: the job's summary. With --remove-worker-after N, a worker node is removed
-once N outputs exist in DST (a fault: the job must still finish every input).
+once N outputs (files matching --outputs, default *.jpg.jpg; *.tar for shards) exist in DST (a
+fault: the job must still finish every input).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--remove-worker-after", type=int, default=0)
+    parser.add_argument("--outputs", default="*.jpg.jpg")
     args = parser.parse_args()
 
     temp_dir = _TEMP
@@ -47,11 +49,11 @@ def main() -> None:
     removed = {}
 
     def remove_when_started():
-        while not removed and len(list(Path(args.dst).rglob("*.jpg.jpg"))) < args.remove_worker_after:
+        while not removed and len(list(Path(args.dst).rglob(args.outputs))) < args.remove_worker_after:
             time.sleep(0.05)
         if not removed:
             cluster.remove_node(workers[-1], allow_graceful=False)
-            removed["after"] = len(list(Path(args.dst).rglob("*.jpg.jpg")))
+            removed["after"] = len(list(Path(args.dst).rglob(args.outputs)))
 
     if args.remove_worker_after:
         threading.Thread(target=remove_when_started, daemon=True).start()
@@ -61,9 +63,8 @@ def main() -> None:
     # Where the restoring actors ran (the state API is served by the head's dashboard).
     from ray.util.state import list_actors
 
-    actors = list_actors(
-        address=cluster.address, filters=[("class_name", "=", "MapWorker(MapBatches(Restorer))")], detail=True, raise_on_missing_output=False
-    )
+    restorers = ("MapWorker(MapBatches(Restorer))", "MapWorker(MapBatches(ShardRestorer))")
+    actors = [a for a in list_actors(address=cluster.address, detail=True, raise_on_missing_output=False, limit=10_000) if a.class_name in restorers]
     summary["actor_nodes"] = len({a.node_id for a in actors})
     print(json.dumps(summary))
     ray.shutdown()

@@ -56,7 +56,7 @@ def _pick_ports(count: int) -> list[int]:
 class SeaweedS3:
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
-        self.master, self.volume, self.filer, self.s3_port = _pick_ports(4)
+        self.master, self.volume, self.filer, self.s3_port, self.metrics_port = _pick_ports(5)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -86,7 +86,7 @@ class SeaweedS3:
             weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={self.master}", f"-volume.port={self.volume}", f"-filer.port={self.filer}",
             f"-s3.port={self.s3_port}", f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
-            "-master.telemetry=false",
+            "-master.telemetry=false", f"-metricsPort={self.metrics_port}",
         ]
         self.log = open(self.workdir / "weed.log", "ab")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
@@ -118,6 +118,22 @@ class SeaweedS3:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def requests(self) -> dict[str, int]:
+        """S3 requests served so far, by action (GET, PUT, LIST, HEAD...), from the server's own
+        Prometheus counters: what a cloud store would bill."""
+        import re
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            match = re.match(r'SeaweedFS_s3_request_total\{(.*)\} ([0-9.e+]+)', line)
+            if match:
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+                action = labels.get("type", "?")
+                counts[action] = counts.get(action, 0) + int(float(match.group(2)))
+        return counts
 
     def anonymous_status(self, path: str = "/") -> int:
         """HTTP status of an unsigned GET (403 expected: anonymous access is refused)."""
