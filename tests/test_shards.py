@@ -5,9 +5,7 @@ import io
 import json
 import tarfile
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image

@@ -15,8 +15,12 @@ record the failures as they go (parts in ``OUTPUT/_carray/failures/``, merged in
 an ``error`` column: a stage that fails on one image records why and passes the row on, so bad
 input never stops the job; an image whose actor dies ``--max-attempts`` times becomes a failure line.
 
-Layers: layout, packs, plan, tiles, decode and memory import no Ray (and no torch); tracker, keys,
-sink, write, restorer and report are the Ray layer; job is the driver on top.
+Shards (WebDataset tars, Parquet files of images) take another road: shardjob.py hands each shard to
+one actor, which streams it through shards.py (member by member, every other member copied) into an
+output shard of the same name, written whole.
+
+Layers: layout, packs, plan, tiles, decode, shards and memory import no Ray (and no torch); tracker,
+keys, sink, write, restorer, shardjob and report are the Ray layer; job is the driver on top.
 """
 import importlib
 

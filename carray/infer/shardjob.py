@@ -26,7 +26,7 @@ from .decode import decode_to_row
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
 from .packs import from_row
 from .restoring import RowRestorer
-from .shards import DEFAULT_IMAGE_KEYS, ShardResult, expand_braces, rewrite_parquet, rewrite_tar, shard_kind
+from .shards import ShardResult, expand_braces, rewrite_parquet, rewrite_tar, shard_kind
 from .sink import read_failures
 
 if TYPE_CHECKING:
