@@ -156,14 +156,14 @@ def webp_lossless(path: Path) -> bytes:
         return buf.getvalue()
 
 
-def pack_images(out: Path, limit: int, sets=IMAGE_SETS) -> dict:
-    """Clean colour sources into one tar until `limit` bytes, each set whole or not at all (a set
-    cut in half would skew what the model sees)."""
+def pack_images(out: Path, limit: int, sets=IMAGE_SETS, shared: Path = SHARED) -> dict:
+    """Clean colour sources (folders of `shared`) into one tar until `limit` bytes, each set whole or
+    not at all (a set cut in half would skew what the model sees)."""
     out.mkdir(parents=True, exist_ok=True)
     packed, used = {}, 0
     members = []
     for name, how in sets:
-        folder = SHARED / name
+        folder = shared / name
         if not folder.is_dir():
             print(f"pack: {folder} not found; skipped")
             continue
@@ -188,6 +188,7 @@ def pack_images(out: Path, limit: int, sets=IMAGE_SETS) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=CARRY)
+    parser.add_argument("--shared", type=Path, default=SHARED, help="where the image sets are (default: ../shared/data beside the checkout)")
     args = parser.parse_args(argv)
     room = budget()
     print(f"pack: a call carries {CALL_BYTES / 2**20:.0f} MiB; the tracked files take {tracked_bytes() / 1e6:.1f} MB; "
@@ -199,8 +200,8 @@ def main(argv=None) -> int:
     print(f"pack: call1/site.tar.xz {size / 1e6:.1f} MB ({manifest['trimmed_bytes'] / 1e6:.0f} MB of Ray trimmed: {', '.join(TRIMMED)})")
     if size > room:
         raise SystemExit(f"pack: the Ray carry ({size / 1e6:.1f} MB) does not fit a call ({room / 1e6:.1f} MB)")
-    first = pack_images(args.out / "call1", room - size)
-    second = pack_images(args.out / "call2", room, [s for s in IMAGE_SETS if s[0] not in first])
+    first = pack_images(args.out / "call1", room - size, shared=args.shared)
+    second = pack_images(args.out / "call2", room, [s for s in IMAGE_SETS if s[0] not in first], shared=args.shared)
     for call, packed in (("call1", first), ("call2", second)):
         total = sum((args.out / call / f).stat().st_size for f in ("site.tar.xz", "images.tar") if (args.out / call / f).is_file())
         print(f"pack: {call}: {total / 1e6:.1f} MB of {room / 1e6:.1f}; images: "
