@@ -144,8 +144,7 @@ class ShardSink(Datasink):
     """Counts the shard rows (their failure lines are on storage already, beside each shard)."""
 
     def __init__(self):
-        self.totals = {"shards": 0, "shards_written": 0, "shards_skipped": 0, "shards_failed": 0, "samples": 0, "images": 0,
-                       "restored": 0, "passed": {}, "failed": 0, "megapixels": 0.0, "nodes": set()}
+        self.totals = {**new_shard_counts(), "nodes": set()}
 
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
@@ -164,11 +163,15 @@ class ShardSink(Datasink):
                     self.totals[key] += value
 
 
+def new_shard_counts() -> dict:
+    return {"shards": 0, "shards_written": 0, "shards_skipped": 0, "shards_failed": 0, "samples": 0, "images": 0, "restored": 0,
+            "passed": {}, "failed": 0, "megapixels": 0.0, "nodes": []}
+
+
 def tally_shards(rows: list[dict]) -> dict:
     """Shard rows -> counts: shards written, skipped and failed; samples; images restored, passed
     through (by reason) and failed."""
-    counts = {"shards": 0, "shards_written": 0, "shards_skipped": 0, "shards_failed": 0, "samples": 0, "images": 0, "restored": 0,
-              "passed": {}, "failed": 0, "megapixels": 0.0, "nodes": []}
+    counts = new_shard_counts()
     for row in rows:
         counts["shards"] += 1
         if row["skipped"]:
