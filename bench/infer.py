@@ -22,7 +22,10 @@ Cases:
               measures what the driver holds per input, not restoration).
   ceiling     --photos colour JPEGs of 9.4 MP (mosaics of ../shared/data/Urban100, q50) through the job with
               a network that costs nothing (bench/identity.py): MP/s per CPU core of everything else,
-              per output --formats; what a GPU node's CPUs can feed its GPU.
+              per output --formats; what a GPU node's CPUs can feed its GPU. Beside it, in the same
+              command, a bare loop that reads, decodes and encodes the same photos; the job's steady
+              rate (its second half) against it; CPU per MP of each kind of process (bench/stages.py);
+              object-store bytes per input MP (Ray Data's own stats).
   listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
               JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the
               seconds from the job's start to its first output.
@@ -296,28 +299,135 @@ def make_photos(folder: Path, count: int, quality: int = 50, sources: Path = SHA
     return count * height * width / 1e6
 
 
+def codec_loop(paths: list[Path], fmt: str) -> dict:
+    """The bare loops the ceiling is held against, one photo after the other in this thread:
+    `pillow`: Pillow alone, each photo decoded and encoded as the job encodes (--format, its quality,
+    4:4:4 for JPEG), no numpy, no metadata: the codecs' own pace; `carray`: read, header, decode and
+    encode through carray.images as the job calls them (pixels as numpy arrays, metadata carried).
+    Seconds per MP of each step, and MP/s of each loop (= per core)."""
+    import io
+
+    from carray.images import OUTPUT_FORMATS, read_header
+
+    pillow_format = OUTPUT_FORMATS[fmt][0]
+    options = {"quality": InferConfig.jpeg_quality, "subsampling": 0} if fmt == "jpeg" else {"quality": InferConfig.jpeg_quality} if fmt == "webp" else {"compress_level": 1}
+    steps = dict.fromkeys(("pillow decode", "pillow encode", "read", "header", "decode", "encode"), 0.0)
+    pixels = 0
+    for path in paths:
+        t0 = time.thread_time()
+        data = path.read_bytes()
+        t1 = time.thread_time()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        t2 = time.thread_time()
+        image.save(io.BytesIO(), pillow_format, **options)
+        t3 = time.thread_time()
+        read_header(data, None)
+        t4 = time.thread_time()
+        decoded = decode_image(data, upright=False)
+        t5 = time.thread_time()
+        encode_image(decoded, fmt, InferConfig.jpeg_quality)
+        t6 = time.thread_time()
+        for step, seconds in zip(steps, (t2 - t1, t3 - t2, t1 - t0, t4 - t3, t5 - t4, t6 - t5)):
+            steps[step] += seconds
+        pixels += image.width * image.height
+    megapixels = pixels / 1e6
+    pillow = steps["pillow decode"] + steps["pillow encode"]
+    carray = steps["read"] + steps["header"] + steps["decode"] + steps["encode"]
+    return {"pillow_mp_per_s": megapixels / pillow, "carray_mp_per_s": megapixels / carray,
+            "core_ms_per_mp": {k: v / megapixels * 1e3 for k, v in steps.items()}}
+
+
+def object_store_bytes() -> dict[str, int]:
+    """Bytes each operator of the last finished Ray Data run put in the object store: its
+    `bytes_task_outputs_generated`, from the metrics Ray Data logs as each operator completes, in
+    the newest per-dataset log of this Ray session."""
+    import re
+
+    folder = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "ray-data"
+    logs = sorted(folder.glob("ray-data-dataset_*.log"), key=lambda p: p.stat().st_mtime)
+    text = logs[-1].read_text(errors="replace") if logs else ""
+    found = {}
+    for m in re.finditer(r"Operator \w+\[(.+?)\] completed\. Operator Metrics:(.*?)(?=Operator \w+\[|\Z)", text, re.S):
+        if out := re.search(r"'bytes_task_outputs_generated': (\d+)", m.group(2)):
+            found[m.group(1)] = int(out.group(1))
+    return found
+
+
 def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str]) -> dict:
     """The job with a network that costs nothing (bench/identity.py), on real-size colour photos:
     MP/s per CPU core of everything else (listing, reading, decoding, the actors' own work, encoding,
-    writing) — the rate at which a node's CPUs could feed its GPU."""
+    writing) — the rate at which a node's CPUs could feed its GPU — beside the bare codec loop on the
+    same photos (codec_loop). The steady rate is the second half's: the job on the first half of the
+    photos and on all of them, (MP all - MP half) / (seconds all - seconds half), so start-up (Ray
+    workers, actors, the first photos filling the pipeline) cancels and is reported on its own."""
     from identity import save_identity_model
+    from stages import CpuByStage
 
     megapixels = make_photos(tmp / "photos", count)
+    half = tmp / "photos-half"
+    half.mkdir()
+    paths = sorted((tmp / "photos").glob("*.jpg"))
+    for path in paths[: count // 2]:
+        os.link(path, half / path.name)
     model = save_identity_model(str(tmp / "identity.pt"))
     make_photos(tmp / "photos-warm", 1)  # actors that import torch (the identity network runs on it) start once before the timing
     job(tmp / "photos-warm", tmp / "ceiling-warm", model, runtime="torch")
-    rates, steady = {}, {}
+    results = {"photos": count, "megapixels": megapixels}
     for fmt in formats:
-        summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt)
-        assert summary["restored"] == count, summary
-        rates[fmt] = summary["megapixels_per_second"]
-        steady[fmt] = summary["steady_megapixels_per_second"]
-        print(f"ceiling: {count} colour JPEGs of 9.4 MP (q50, {megapixels:.0f} MP), identity network, --format {fmt}: "
-              f"{rates[fmt]:.2f} MP/s in {summary['seconds']:.0f} s = {rates[fmt] / cpus:.2f} MP/s per CPU core ({cpus} CPUs); "
-              f"after the first output ({summary['seconds_to_first_output']:.1f} s) {steady[fmt]:.2f} MP/s = "
-              f"{steady[fmt] / cpus:.2f} MP/s per CPU core")
-    return {"mp_per_s": rates, "mp_per_s_per_core": {k: v / cpus for k, v in rates.items()},
-            "steady_mp_per_s_per_core": {k: v / cpus for k, v in steady.items()}, "photos": count}
+        loop = codec_loop(paths, fmt)
+        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt)  # starts the workers a longer run uses
+        with CpuByStage() as cpu_half:
+            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt)
+        with CpuByStage() as cpu:
+            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt)
+        stored = object_store_bytes()
+        again = codec_loop(paths, fmt)  # the machine's pace can drift: the loops before and after the jobs, averaged
+        assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)
+        extra_mp = summary["megapixels"] - first["megapixels"]
+        # Steady state: what the second half of the photos added, in CPU of every process (start-up,
+        # the actors' imports and model loading, cancels) and in wall time.
+        stages = {k: (cpu.seconds.get(k, 0.0) - cpu_half.seconds.get(k, 0.0)) / extra_mp for k in set(cpu.seconds) | set(cpu_half.seconds)}
+        actor_steps = {k: (v - first.get("actor_cpu_seconds", {}).get(k, 0.0)) / extra_mp for k, v in summary.get("actor_cpu_seconds", {}).items()}
+        used = sum(cpu.seconds.values())
+        marginal = (used - sum(cpu_half.seconds.values())) / extra_mp  # core-seconds per MP
+        per_core = 1 / marginal
+        wall_rate = extra_mp / (summary["seconds"] - first["seconds"])
+        pillow = (loop["pillow_mp_per_s"] + again["pillow_mp_per_s"]) / 2
+        carray_loop = (loop["carray_mp_per_s"] + again["carray_mp_per_s"]) / 2
+        network = actor_steps.get("restore", 0.0)  # the identity network's device work: a GPU's on a GPU node
+        startup_cpu = used - marginal * summary["megapixels"]
+        print(f"ceiling, --format {fmt}: {count} colour JPEGs of 9.4 MP (q50, {megapixels:.0f} MP), identity network, {cpus} CPUs")
+        print(f"  bare loops, one thread, before and after the jobs: Pillow alone {loop['pillow_mp_per_s']:.1f} / {again['pillow_mp_per_s']:.1f} MP/s; "
+              f"through carray.images {loop['carray_mp_per_s']:.1f} / {again['carray_mp_per_s']:.1f} MP/s")
+        print("    ms per MP: " + ", ".join(f"{k} {v:.2f}" for k, v in loop["core_ms_per_mp"].items()))
+        print(f"  job: all {count} photos {summary['megapixels_per_second']:.1f} MP/s in {summary['seconds']:.1f} s (first output after "
+              f"{summary['seconds_to_first_output']:.1f} s); the first {count // 2} in {first['seconds']:.1f} s")
+        print(f"  steady state (what the second {count - count // 2} photos added): {marginal * 1e3:.2f} ms of CPU per MP = "
+              f"{per_core:.1f} MP/s per core = {per_core / pillow:.2f}x Pillow alone, {per_core / carray_loop:.2f}x the carray.images loop; "
+              f"wall {wall_rate:.1f} MP/s on {cpus} CPUs")
+        if network:
+            print(f"    without the network's own step ({network * 1e3:.2f} ms per MP: the identity's float conversions, a GPU's work on a "
+                  f"GPU node): {1 / (marginal - network):.1f} MP/s per core = {1 / (marginal - network) / pillow:.2f}x Pillow alone")
+        print(f"  start-up: {startup_cpu:.1f} core-s beyond the steady cost (workers, actors importing torch and loading the model)")
+        print("  steady CPU per MP by kind of process:")
+        for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
+            print(f"    {stage}: {seconds * 1e3:.2f} ms per MP")
+        if actor_steps:
+            print("  the restoring actors' steps (their own thread times, summary actor_cpu_seconds): "
+                  + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in actor_steps.items()) + " ms per MP")
+        print("  object store, bytes put per input MP by operator: "
+              + (", ".join(f"{op} {b / summary['megapixels'] / 1e6:.3f} MB" for op, b in stored.items() if b) or "none"))
+        results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop,
+                        "loop_core_ms_per_mp": loop["core_ms_per_mp"],
+                        "job_mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "half_seconds": first["seconds"],
+                        "steady_core_ms_per_mp": marginal * 1e3, "steady_mp_per_s_per_core": per_core,
+                        "ratio_to_pillow": per_core / pillow, "ratio_to_carray_loop": per_core / carray_loop,
+                        "network_core_ms_per_mp": network * 1e3, "steady_wall_mp_per_s": wall_rate, "startup_core_s": startup_cpu,
+                        "stage_core_ms_per_mp": {k: v * 1e3 for k, v in stages.items()},
+                        "actor_step_core_ms_per_mp": {k: v * 1e3 for k, v in actor_steps.items()},
+                        "object_store_bytes_per_mp": {k: v / summary["megapixels"] for k, v in stored.items()}}
+    return results
 
 
 def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:

@@ -25,6 +25,7 @@ can never fail a photo.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -130,18 +131,16 @@ def _walk(data: bytes) -> tuple[int, int]:
     return n, mpf_at
 
 
+# In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte), a restart marker or more 0xFF
+# (fill); anything else ends the scan. One regular-expression search: a Python loop over every 0xFF
+# of a 9 MP photo's scan cost 12 ms, a quarter of its decode.
+_SCAN_END = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+
+
 def _end_of_scan(data: bytes, pos: int) -> int:
-    """From the start of a scan's entropy-coded data to the marker after it."""
-    n = len(data)
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= n:
-            return n
-        following = data[pos + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
-            pos += 1 if following == 0xFF else 2
-            continue
-        return pos
+    """From the start of a scan's entropy-coded data to the marker after it (its last 0xFF)."""
+    found = _SCAN_END.search(data, pos)
+    return found.start(1) - 1 if found else len(data)
 
 
 def wrap(encoded: bytes, envelope: Envelope) -> tuple[bytes, list[str]]:

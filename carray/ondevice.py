@@ -49,11 +49,12 @@ def to_planes(model, x: torch.Tensor) -> torch.Tensor:
     [0, 1] the network sees: the four cases of :func:`carray.restore.network_planes` (a gray model
     on RGB sees MATLAB-YCbCr Y; a colour model on gray sees the gray value in all three channels)."""
     channels = model.args["channels"]
+    # uint8 / 255 is float32 made in one pass (not .float() then .div_: two passes over the floats)
     if x.ndim == 3:
-        planes = x[:, None].float().div_(255)
+        planes = x[:, None] / 255
         return planes if channels == 1 else planes.expand(-1, 3, -1, -1)
     if channels == 3:
-        return x.permute(0, 3, 1, 2).float().div_(255)
+        return x.permute(0, 3, 1, 2) / 255
     return (_to_ycbcr(x)[..., 0] / 255)[:, None]
 
 

@@ -94,6 +94,33 @@ def tune_data_context() -> None:
     bounds memory.
     """
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    quiet_console()
+
+
+def quiet_console() -> None:
+    """The user's console shows carray's lines; Ray Data's own (its plan, progress and summary at
+    INFO, its operators' warnings about concurrency that a pipeline of packs meets by design) go to
+    Ray Data's log file only (the session's logs/ray-data/ray-data.log), where `ray logs` finds them.
+    Warnings at WARNING and above still reach the console."""
+    import logging
+    import warnings
+
+    data_logger = logging.getLogger("ray.data")
+    for handler in data_logger.handlers:
+        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.WARNING)
+    if getattr(warnings.showwarning, "carray_quiet", False):
+        return
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}ray{os.sep}" in filename:  # raised inside Ray: logged, not printed
+            data_logger.info("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show.carray_quiet = True
+    warnings.showwarning = show
 
 
 # --- sizing: how many actors/workers, with what resources, on what device ---
@@ -229,7 +256,8 @@ def choose_gpu(asked: Optional[bool], offer: Offer) -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class Pool:
-    """An actor pool: between min_actors and actors actors, each with cpus / gpus, torch threads."""
+    """An actor pool: between min_actors and actors actors, each with cpus / gpus, torch threads,
+    and `calls` packs restored at once (threads that decode and encode while the GPU restores)."""
 
     actors: int
     min_actors: int
@@ -237,6 +265,7 @@ class Pool:
     gpus: float
     threads: int
     reason: str
+    calls: int = 1
 
 
 def gpu_actor_cpus(offer: Offer) -> float:
@@ -245,8 +274,17 @@ def gpu_actor_cpus(offer: Offer) -> float:
     return float(min(4.0, max(0.5, offer.gpu_node_cpus / 2)))
 
 
-def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer] = None, per_gpu: int = 1) -> Pool:
-    """The restoring actor pool of infer and evaluate.
+def restorer_gpu_cpus(offer: Offer) -> float:
+    """CPUs a GPU restoring actor of infer reserves on its node: three quarters of the node's CPUs
+    per GPU (at least 0.5). It decodes and encodes for its GPU in as many threads; the rest of the
+    node reads the inputs and stitches the tiles of large images."""
+    return float(max(0.5, offer.gpu_node_cpus * 3 / 4))
+
+
+def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer] = None, per_gpu: int = 1, codecs: bool = False) -> Pool:
+    """The restoring actor pool of infer and evaluate. codecs: the actors decode and encode
+    themselves (infer): a GPU actor reserves most of its node's CPUs and restores that many packs at
+    once (Pool.calls).
 
     CPU actors ask for half a CPU each, so on a small node they never take every CPU from the
     read, decode and write tasks (a pool of whole-CPU actors on 2 CPUs starves them and hangs).
@@ -261,7 +299,8 @@ def plan_pool(actors: int = 0, gpu: Optional[bool] = None, offer: Optional[Offer
         per_gpu = max(1, per_gpu)
         most = actors or per_gpu * max(1, int(offer.gpus_possible))
         least = actors or per_gpu * max(1, int(offer.gpus))
-        return Pool(most, min(least, most), round(gpu_actor_cpus(offer) / per_gpu, 3), 1.0 / per_gpu, 1, why)
+        cpus = round((restorer_gpu_cpus(offer) if codecs else gpu_actor_cpus(offer)) / per_gpu, 3)
+        return Pool(most, min(least, most), cpus, 1.0 / per_gpu, 1, why, calls=max(2, int(cpus)) if codecs else 1)
     count = actors or max(1, int(offer.cpus))
     return Pool(count, count, 0.5, 0.0, max(1, int(offer.cpus // count)), why)
 

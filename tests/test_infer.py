@@ -462,3 +462,82 @@ def test_passed_names_never_collide_with_restored_ones():
         for treatment in product((True, False), repeat=len(inputs)):  # True: restored
             names = [output_name(p, fmt) if restored else passed_name(p, output_name(p, fmt)) for p, restored in zip(inputs, treatment)]
             assert len(set(names)) == len(inputs), (fmt, treatment, names)
+
+
+def test_images_travel_to_the_actors_as_their_files_bytes(tmp_path):
+    """The read stage hands on what it read and what the header said; only the actor decodes (no
+    pixels in the object store), and packs hold several photos (one Ray call for a few)."""
+    from carray.infer import Locations
+    from carray.infer.decode import read_packs
+    from carray.infer.packs import PLAN_TYPES, to_packs, unpack
+    from carray.quality import Policy
+
+    photo = jpeg.compress(smooth_image(64, 48, color=True), 30)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / "in" / name).write_bytes(photo)
+    (tmp_path / "in" / "q97.jpg").write_bytes(jpeg.compress(smooth_image(64, 48), 97))
+    where = Locations.resolve(str(tmp_path / "in"), str(tmp_path / "out"), None)
+    keys = to_packs([[{"path": n, "output": n + ".jpg", "skipped": ""} for n in ("a.jpg", "b.jpg", "c.jpg", "q97.jpg")]], PLAN_TYPES)
+    packs = [pack for table in read_packs(keys, where=where, max_pixels=None, policy=Policy(), split_above=16, tile=512, margin=8)
+             for pack in unpack(table)]
+    assert len(packs) == 1, "small photos share one pack"
+    rows = {row["path"]: row for row in packs[0]}
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        assert rows[name]["data"] == photo and not rows[name]["pixels"], "the file's bytes, not its pixels"
+        assert (rows[name]["height"], rows[name]["width"], rows[name]["quality"]) == (64, 48, 30)
+    assert rows["q97.jpg"]["passed"] and not rows["q97.jpg"]["data"], "passed through: written by the read task, bytes dropped"
+    assert (tmp_path / "out" / "q97.jpg").read_bytes() == (tmp_path / "in" / "q97.jpg").read_bytes()
+
+
+def test_console_shows_carrays_lines_and_the_summary_where_the_cpu_went(tmp_path, model_file):
+    (tmp_path / "in").mkdir()
+    for n in range(3):
+        (tmp_path / "in" / f"p{n}.jpg").write_bytes(jpeg.compress(smooth_image(96, 64, color=True), 20))
+    code, log = run_job("infer.py", ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", model_file], tmp_path / "log")
+    assert code == 0, log[-3000:]
+    for noise in ("UserWarning", "streaming_executor", "logging_progress", "Execution plan", "warnings.warn"):
+        assert noise not in log, f"Ray's own line {noise!r} on the console:\n{log[-3000:]}"
+    assert "infer: 3 restored" in log
+    summary = json.loads((tmp_path / "o" / "_summary.json").read_text())
+    assert set(summary["actor_cpu_seconds"]) == {"decode", "restore", "encode_write"}, summary["actor_cpu_seconds"]
+    assert summary["actor_cpu_seconds"]["decode"] > 0 and summary["actor_cpu_seconds"]["encode_write"] > 0, summary["actor_cpu_seconds"]
+
+
+def test_a_gpu_actors_calls_run_at_once_in_threads_and_each_image_is_written_once(tmp_path, model_file):
+    """What a GPU actor does with Pool.calls > 1 (Ray Data's threads), here on the CPU: four packs
+    through one Restorer at once give exactly the files one call at a time gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from carray.infer import Locations, Restorer
+    from carray.infer.decode import read_packs
+    from carray.infer.packs import PLAN_TYPES, to_packs, unpack
+    from carray.infer.tracker import start_tracker
+    from carray.quality import Policy
+    from carray.runtime import plan_pool, Offer
+
+    assert plan_pool(offer=Offer(cpus=16, gpus=1, gpu_node_cpus=16), codecs=True).calls == 12
+    assert plan_pool(gpu=False, offer=Offer(cpus=2, gpus=0), codecs=True).calls == 1
+    (tmp_path / "in").mkdir()
+    names = [f"p{n}.jpg" for n in range(8)]
+    for n, name in enumerate(names):
+        (tmp_path / "in" / name).write_bytes(jpeg.compress(smooth_image(80 + 8 * n, 64, color=n % 2 == 0), 20 + 5 * n))
+    tracker = start_tracker()
+    try:
+        outputs = {}
+        for run, workers in (("serial", 1), ("threads", 4)):
+            (tmp_path / run).mkdir()
+            where = Locations.resolve(str(tmp_path / "in"), str(tmp_path / run), None)
+            restorer = Restorer({"gray": open(model_file, "rb").read()}, tile=48, threads=1, tracker=tracker, max_attempts=2,
+                                where=where, max_pixels=None, fmt="jpeg", quality=98)
+            packs = [table for n in range(0, 8, 2) for table in read_packs(
+                to_packs([[{"path": k, "output": k + ".jpg", "skipped": ""} for k in names[n : n + 2]]], PLAN_TYPES),
+                where=where, max_pixels=None, policy=Policy(), split_above=16, tile=48, margin=8)]
+            with ThreadPoolExecutor(workers) as pool:
+                rows = [row for table in pool.map(restorer, packs) for pack in unpack(table) for row in pack]
+            assert sorted(r["path"] for r in rows) == names and all(r["written"] and not r["error"] for r in rows), rows
+            outputs[run] = {name: (tmp_path / run / (name + ".jpg")).read_bytes() for name in names}
+        assert outputs["threads"] == outputs["serial"]
+    finally:
+        ray.kill(tracker)

@@ -137,6 +137,30 @@ def test_parquet_shards_in_a_bucket_keep_every_other_column(s3_server, bucket, t
     assert (summary["samples"], summary["restored"], summary["failed"]) == (140, 138, 0)
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_preview_of_shards_reads_a_sample_inside_them_and_restores_a_few(tmp_path, model_file):
+    (tmp_path / "shards").mkdir()
+    for n in range(3):
+        (tmp_path / "shards" / f"{n:05d}.tar").write_bytes(tar_bytes(webdataset_shard(10 * n, 5)))
+    pq.write_table(hf_table(6, True), tmp_path / "hf.parquet")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+    out = tmp_path / "preview"
+    assert cli_main(["infer", "--input", str(tmp_path / "shards"), "--output", str(out), "--model", model_file, "--preview", "3"]) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["images"] == 15 and summary["scanned"] == 15 and summary["shown"] == 3, summary
+    assert summary["shards"] == {"in_all": 3, "read": 3, "images_read": 15}
+    for item in summary["items"]:
+        shard, member = item["path"].split("/", 1)
+        assert shard.endswith(".tar") and member.endswith(".jpg") and item["outcome"] == "restore", item
+        assert (out / item["restored"]).exists() and item["pictures"]["after"]
+    assert (out / "index.html").exists() and not (out / "_carray").exists(), "the sample's files are gone once shown"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()} == before
+    # One Parquet file: its rows named by row number, given an image extension to be listed.
+    assert cli_main(["infer", "--input", str(tmp_path / "hf.parquet"), "--output", str(tmp_path / "p"), "--model", model_file, "--preview", "2"]) == 0
+    summary = json.loads((tmp_path / "p" / "_summary.json").read_text())
+    assert summary["images"] == 5 and [i["path"].split("/")[0] for i in summary["items"]] == ["hf.parquet"] * 2, summary
+
+
 def test_an_unreachable_or_missing_input_is_one_line_before_ray(tmp_path, model_file, capsys):
     assert cli_main(["infer", "--input", "s3://nowhere/x", "--output", str(tmp_path / "o"), "--model", model_file,
                      "--endpoint-url", "http://127.0.0.1:9"]) == 2

@@ -20,14 +20,15 @@ one actor, which streams it through shards.py (member by member, every other mem
 output shard of the same name, written whole.
 
 Layers: layout, packs, plan, tiles, decode, shards and memory import no Ray (and no torch); tracker,
-keys, sink, write, restorer, shardjob and report are the Ray layer; job is the driver on top.
+keys, sink, write, restorer, shardjob and report are the Ray layer; job (every input) and preview (a
+sample, shown on a page) are the two modes on top, and driver chooses between them.
 """
 import importlib
 
 # The public names, and the module each lives in. Imported on first use (PEP 562), so importing the
 # Ray-free modules (carray.infer.packs, ...) does not import Ray through this file.
 _HOMES = {
-    "decode_to_row": "decode", "run_infer": "job", "FAILURES_FILE": "layout", "METADATA_FILE": "layout", "SUMMARY_FILE": "layout", "WORK_DIR": "layout",
+    "decode_to_row": "decode", "run_infer": "driver", "FAILURES_FILE": "layout", "METADATA_FILE": "layout", "SUMMARY_FILE": "layout", "WORK_DIR": "layout",
     "Locations": "layout", "from_row": "packs", "to_row": "packs", "SKIP_EXISTS": "plan", "SKIP_HIDDEN": "plan",
     "SKIP_NOT_IMAGE": "plan", "SKIP_OUTSIDE": "plan", "output_name": "plan", "passed_name": "plan", "skip_reason": "plan", "format_summary": "report",
     "Restorer": "restorer", "encode_row": "write",

@@ -10,9 +10,8 @@ import pyarrow.fs as pafs
 import ray
 
 from .. import storage
-from ..errors import OptionError
 from ..images import IMAGE_EXTENSIONS
-from .decode import decode_packs
+from .decode import read_packs
 from .keys import KEY_CHUNK, failures_as_manifest, listing_dataset, read_manifest
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
 from .plan import plan_keys
@@ -38,8 +37,9 @@ class KeySource:
     listed: bool = False  # the input is being listed: the progress line says how many keys so far
 
 
-def run_infer(cfg: "InferConfig", say=print) -> dict:
-    """Run the infer job; returns its summary (also written to ``_summary.json``).
+def run_job(cfg: "InferConfig", say=print) -> dict:
+    """Run the infer job on files or shards; returns its summary (also written to ``_summary.json``).
+    (The preview is another mode of infer: carray.infer.driver chooses.)
 
     Raises OptionError for options it cannot use and storage.StorageError when the input does not
     exist or holds no images."""
@@ -50,12 +50,6 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
     cfg.check()
     check_input(cfg)  # before Ray starts: a typo costs a second, not a cluster
     shards = input_kind(cfg) != "files"
-    if cfg.preview:
-        if shards:
-            raise OptionError("--preview reads files, not shards yet: run the job on a few shards (--manifest) to see them")
-        from .preview import run_preview
-
-        return run_preview(cfg, say)
     where = Locations.resolve(shard_root(cfg.input) if shards else cfg.input, cfg.output, cfg.s3())
     files = model_files(cfg.model, cfg.s3())
     prepare_output(cfg, where)
@@ -77,6 +71,7 @@ def run_infer(cfg: "InferConfig", say=print) -> dict:
         totals, networks = restore_all(cfg, where, files, source, tracker, say)
         listed_skips = ask(tracker.listing_skips.remote)
         networks["first_restored"] = ask(tracker.first_restored.remote)
+        networks["actor_cpu"] = ask(tracker.actor_cpu.remote)
     finally:  # the context belongs to the process: a later job here gets its own default back
         context.target_max_block_size = block_size
         # The tracker lives as long as its driver: one that runs several jobs (tests, a notebook) would keep one per job.
@@ -162,7 +157,7 @@ def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySo
     from ..quantize import RUNTIME_NAMES, plan_networks
     from ..runtime import plan_pool
 
-    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
+    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu, codecs=True)
     precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
     networks = {"precision": precision, "runtime": runtime, "onnx": onnx, "actors": pool.actors,
@@ -176,8 +171,10 @@ def restore_all(cfg: "InferConfig", where: Locations, files: dict, source: KeySo
 
 
 def build_pipeline(cfg: "InferConfig", where: Locations, files: dict, source: KeySource, pool, networks: dict, tracker):
-    """keys -> plan -> read + decode -> Restorer actors -> encode + write."""
+    """keys -> plan -> read + header (tiles of large images: decoded and cut) -> Restorer actors
+    (decode, restore, encode, write) -> the write stage (tiles stored and stitched; counts)."""
     from ray.data import ActorPoolStrategy
+
 
     tile_batch = cfg.tile_batch or (GPU_TILE_BATCH if pool.gpus else 1)
     ds = source.keys.map_batches(
@@ -185,7 +182,7 @@ def build_pipeline(cfg: "InferConfig", where: Locations, files: dict, source: Ke
         fn_kwargs=dict(fmt=cfg.format, where=where, overwrite=source.overwrite, include_hidden=cfg.include_hidden),
     )
     ds = ds.map_batches(
-        decode_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
+        read_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
         fn_kwargs=dict(where=where, max_pixels=cfg.max_pixels, policy=cfg.policy(), split_above=cfg.split_above,
                        tile=cfg.tile, margin=restore_margin(files), tile_batch=tile_batch),
     )
@@ -194,8 +191,12 @@ def build_pipeline(cfg: "InferConfig", where: Locations, files: dict, source: Ke
         fn_constructor_kwargs={
             "model_files": files, "tile": cfg.tile, "threads": pool.threads, "tracker": tracker, "max_attempts": cfg.max_attempts,
             "tta": cfg.tta, "precision": networks["precision"], "onnx": networks["onnx"], "tile_batch": tile_batch,
+            "where": where, "max_pixels": cfg.max_pixels, "fmt": cfg.format, "quality": cfg.jpeg_quality,
         },
-        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
+        # A GPU actor decodes and encodes for its GPU: `calls` packs at once, in threads (the codecs
+        # release Python's lock; the network takes one call at a time).
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors, max_concurrent_calls_per_actor=pool.calls,
+                                  enable_true_multi_threading=pool.calls > 1),
         batch_size=1, batch_format="pyarrow",  # one pack per call
         num_cpus=pool.cpus,
         num_gpus=pool.gpus,

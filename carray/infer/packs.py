@@ -24,6 +24,10 @@ from ..quality import SUBSAMPLING_CODES, coding
 
 PACK_KEYS = 128
 PACK_PIXELS = 4_000_000
+# Images travel to the actors as their files' bytes, in packs of up to this many pixels (by their
+# headers), and an actor decodes PACK_PIXELS of them at a time: a 9.4 MP photo per pack cost a
+# task, an actor call and a block each, about 3 ms of Ray's CPU per MP (bench/infer.py --cases ceiling).
+ENCODED_PACK_PIXELS = 64_000_000
 # Tiles of a large image come in smaller packs: they are what fills the actors' memory on a
 # 100 MP image (measured: 4 MP packs of tiles 1.56 GiB above idle Ray, 1 MP packs 1.42 GiB).
 TILE_PACK_PIXELS = 1_000_000
@@ -39,11 +43,14 @@ IMAGE_TYPES = {
     # How the JPEG coded its chroma, for networks that see it: its chroma table's quality and its
     # subsampling code (carray.quality.SUBSAMPLING_CODES); -1 where unknown (gray, not a JPEG).
     "chroma_quality": pa.int32(), "subsampling": pa.int32(),
+    "format": pa.string(),  # the input's, as Pillow names it ("JPEG", "PNG", ...)
     "tile": pa.int32(), "tiles": pa.int32(), "crop": pa.list_(pa.int32()),
     "error": pa.string(), "skipped": pa.string(), "passed": pa.string(), "node": pa.string(),
-    # A passed-through input's own file bytes (no pixels are decoded); the job's decode task writes
-    # them and empties this before the row travels on.
+    # The input file's bytes: of an image to restore, until the actor decodes it (pending_decode);
+    # of a passed-through input, until the read task that decided so has written them.
     "data": pa.binary(),
+    # Restored, encoded and written by the actor (whole images): the row goes on without pixels.
+    "written": pa.bool_(),
 }
 # What the write stage hands to the sink: no pixels. `part` is "tile" for a tile whose image is not
 # complete yet (counted in megapixels only) and "" for an image.
@@ -72,32 +79,58 @@ def empty_row(path: str, output: str, error: str = "", skipped: str = "") -> dic
     """A row with no pixels: one that failed (`error`), is skipped, or is not decoded yet."""
     return {
         "path": path, "output": output, "pixels": b"", "height": 0, "width": 0, "channels": 0, "alpha": b"", "icc": b"",
-        "exif": b"", "xmp": b"", "envelope": b"", "notes": "", "quality": NO_QUALITY, "chroma_quality": NO_QUALITY, "subsampling": -1, "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
-        "passed": "", "node": "", "data": b"",
+        "exif": b"", "xmp": b"", "envelope": b"", "notes": "", "quality": NO_QUALITY, "chroma_quality": NO_QUALITY, "subsampling": -1, "format": "", "tile": WHOLE, "tiles": 0, "crop": [], "error": error, "skipped": skipped,
+        "passed": "", "node": "", "data": b"", "written": False,
     }
 
 
+def pending_decode(row: dict) -> bool:
+    """The row holds an image's file bytes, to be decoded and restored."""
+    return bool(row["data"]) and not (len(row["pixels"]) or row["error"] or row["skipped"] or row["passed"])
+
+
+def in_groups(rows: list[dict], pixels: int = PACK_PIXELS):
+    """Consecutive rows in groups of about `pixels` (by weight; one larger image alone)."""
+    group, held = [], 0
+    for row in rows:
+        if group and held + weight(row) > pixels:
+            yield group
+            group, held = [], 0
+        group.append(row)
+        held += weight(row)
+    if group:
+        yield group
+
+
 def weight(row: dict) -> int:
-    """What a row adds to its pack: its pixels (a passed-through file was written by its decode task
-    and carries none, nor does a skipped or failed row)."""
-    return int(row["height"]) * int(row["width"]) if row["pixels"] else 0
+    """What a row adds to its pack: its pixels, decoded or to be (a passed-through file was written
+    by its read task and carries none, nor does a skipped or failed row)."""
+    return int(row["height"]) * int(row["width"]) if len(row["pixels"]) or pending_decode(row) else 0
 
 
-def to_row(path: str, output: str, image: DecodedImage, quality: Optional[int] = None, chroma_quality: Optional[int] = None,
+def to_row(path: str, output: str, image: Optional[DecodedImage], quality: Optional[int] = None, chroma_quality: Optional[int] = None,
            subsampling: Optional[str] = None) -> dict:
-    """quality: the IJG quality to restore at (the file's tables' unless overridden), None when it
-    has none; chroma_quality, subsampling: the file's chroma coding ('4:2:0', ...), None if unknown."""
-    h, w = image.pixels.shape[:2]
+    """image: its pixels and metadata (None: not decoded yet); quality: the IJG quality to restore at
+    (the file's tables' unless overridden), None when it has none; chroma_quality, subsampling: the
+    file's chroma coding ('4:2:0', ...), None if unknown."""
     row = empty_row(path, output)
+    if image is not None:
+        row.update(image_fields(image, as_bytes=True))
     row.update(
-        pixels=image.pixels.tobytes(), height=h, width=w, channels=3 if image.is_color else 1,
-        alpha=b"" if image.alpha is None else image.alpha.tobytes(), icc=image.icc or b"", exif=image.exif or b"",
-        xmp=image.xmp or b"", envelope=image.envelope.to_bytes() if image.envelope else b"", notes=join_notes(image.notes),
         quality=NO_QUALITY if quality is None else int(quality),
         chroma_quality=NO_QUALITY if chroma_quality is None else int(chroma_quality),
         subsampling=SUBSAMPLING_CODES.get(subsampling or "", -1),
     )
     return row
+
+
+def image_fields(image: DecodedImage, as_bytes: bool) -> dict:
+    """The row fields of a decoded image. as_bytes=False: its pixels stay a numpy array (no copy),
+    for a row that never leaves its process (an image the actor decodes, restores and writes)."""
+    h, w = image.pixels.shape[:2]
+    return dict(pixels=image.pixels.tobytes() if as_bytes else image.pixels, height=h, width=w, channels=3 if image.is_color else 1,
+                alpha=b"" if image.alpha is None else image.alpha.tobytes(), icc=image.icc or b"", exif=image.exif or b"",
+                xmp=image.xmp or b"", envelope=image.envelope.to_bytes() if image.envelope else b"", notes=join_notes(image.notes))
 
 
 def row_coding(row: dict):
@@ -110,7 +143,8 @@ def row_coding(row: dict):
 
 def from_row(row: dict) -> DecodedImage:
     """The row's image, pixels as the file stores them (the job never applies the orientation
-    before restoring: carray.images.decode_image), with its metadata."""
+    before restoring: carray.images.decode_image), with its metadata. A view of the row's pixels
+    (bytes or a numpy array), not a copy."""
     h, w, c = int(row["height"]), int(row["width"]), int(row["channels"])
     shape = (h, w) if c == 1 else (h, w, c)
     pixels = np.frombuffer(row["pixels"], np.uint8).reshape(shape)

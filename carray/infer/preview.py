@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import ray
 
@@ -22,7 +22,7 @@ from .. import storage
 from ..images import IMAGE_EXTENSIONS, decode_image
 from .compare import crop_png, mean_change, most_changed, thumbnail_jpeg
 from .cost import estimate
-from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
+from .layout import FAILURES_FILE, SUMMARY_FILE, WORK_DIR, Locations
 from .plan import output_name, passed_name, skip_reason
 from .report import PROGRESS_EVERY_S
 from .resources import READ_CPUS
@@ -39,11 +39,12 @@ RESTORED_DIR = "restored"
 PICTURES_DIR = "images"
 CROP = 256  # the before/after window's side at 100 %
 SCAN_PACK = 64  # keys per scan task call
+SHARD_SAMPLE_DIR = f"{WORK_DIR}/preview-sample"  # a shard preview's shown members, as files, while the job restores them
 
 
 def run_preview(cfg: "InferConfig", say=print) -> dict:
     """Run a preview; returns its summary (also OUTPUT/_summary.json, shown by OUTPUT/index.html)."""
-    from .job import key_source, run_infer
+    from .job import key_source
     from ..modelfiles import model_files
     from ..runtime import connect, tune_data_context
     from .tracker import start_tracker
@@ -66,15 +67,61 @@ def run_preview(cfg: "InferConfig", say=print) -> dict:
     say(f"carray: {candidates} images listed in {listing_seconds:.1f} s; reading the headers of a sample of {len(sample)}")
     scan_started = time.time()
     scanned = scan_headers(sample, where, cfg)
-    scan_seconds = time.time() - scan_started
-    shown = sample[: cfg.preview]
+    say(f"carray: headers read at {len(sample) / max(time.time() - scan_started, 1e-6):.0f} files/s")
+    return finish_preview(cfg, where, scanned, candidates, skipped, listing_seconds, time.time() - scan_started, started, say)
+
+
+def run_shard_preview(cfg: "InferConfig", say=print) -> dict:
+    """A preview of shards: a seeded sample of the images inside a few of them (carray.infer.shardsample),
+    their first --preview written as files SHARD/MEMBER under OUT/_carray/preview-sample/ and restored
+    from there by the job; the collection's make-up, time and cost estimated as for files."""
+    from ..modelfiles import model_files
+    from ..runtime import connect, tune_data_context
+    from .job import shard_root
+    from .shardjob import shard_keys
+    from .shardsample import PREVIEW_SHARDS, sample_shards, write_sample
+
+    started = time.time()
+    cfg.check()
+    shards_where = Locations.resolve(shard_root(cfg.input), cfg.output, cfg.s3())
+    model_files(cfg.model, cfg.s3())
+    storage.make_output_root(shards_where.dst_fs, shards_where.dst_root, cfg.output, cfg.create_bucket)
+    keys = shard_keys(cfg, shards_where)
+    say(f"carray: {len(keys)} shard(s); reading the images of {min(len(keys), PREVIEW_SHARDS)} of them for a sample of {max(cfg.preview_scan, cfg.preview)}")
+    sample = sample_shards(shards_where, keys, keys == [""], scan=cfg.preview_scan, shown=cfg.preview, seed=cfg.seed, max_pixels=cfg.max_pixels,
+                           policy=cfg.policy(), image_keys=tuple(cfg.image_keys), image_column=cfg.image_column)
+    if not sample.images_read:
+        raise storage.StorageError(f"{cfg.input}: no images found in the {sample.shards_read} shard(s) read")
+    scan_seconds = time.time() - started
+    write_sample(sample, shards_where, SHARD_SAMPLE_DIR)
+    say(f"carray: {sample.images_read} images in {sample.shards_read} shard(s) read: about {sample.estimated_images} in all")
+    files_cfg = dataclasses.replace(cfg, input=storage.join(cfg.output, SHARD_SAMPLE_DIR), input_kind="files", manifest=None, retry_failed=False)
+    where = Locations.resolve(files_cfg.input, cfg.output, cfg.s3())
+    connect(cfg.address)
+    tune_data_context()
+    shards = {"in_all": sample.shards, "read": sample.shards_read, "images_read": sample.images_read}
+    try:
+        return finish_preview(files_cfg, where, sample.scanned, sample.estimated_images, {}, 0.0, scan_seconds, started, say,
+                              extra={"input": cfg.input, "shards": shards})
+    finally:
+        storage.delete_dir_if_exists(where.dst_fs, where.work_path())  # the sample's files, and their folder
+
+
+def finish_preview(cfg: "InferConfig", where: Locations, scanned: list[dict], candidates: int, skipped: dict, listing_seconds: float,
+                   scan_seconds: float, started: float, say=print, extra: Optional[dict] = None) -> dict:
+    """The sample's first --preview through the real job, their pictures, the summary (with `extra`)
+    and the page."""
+    from .job import run_job
+
+    shown = [row["path"] for row in scanned[: cfg.preview]]
     storage.write_bytes_atomic(where.dst_fs, where.output_path(SAMPLE_KEYS_FILE), "".join(k + "\n" for k in shown).encode())
-    say(f"carray: headers read at {len(sample) / max(scan_seconds, 1e-6):.0f} files/s; restoring {len(shown)} of them as the job would")
-    run = run_infer(dataclasses.replace(cfg, preview=0, output=storage.join(cfg.output, RESTORED_DIR),
-                                        manifest=storage.join(cfg.output, SAMPLE_KEYS_FILE), overwrite=True, retry_failed=False), say)
+    say(f"carray: restoring {len(shown)} of them as the job would")
+    run = run_job(dataclasses.replace(cfg, preview=0, output=storage.join(cfg.output, RESTORED_DIR),
+                                      manifest=storage.join(cfg.output, SAMPLE_KEYS_FILE), overwrite=True, retry_failed=False), say)
     outcomes = sample_outcomes(shown, scanned, where, cfg.format)
     items = make_pictures(outcomes, where)
     summary = build_preview_summary(cfg, candidates, skipped, scanned, items, run, listing_seconds, scan_seconds, time.time() - started)
+    summary.update(extra or {})
     storage.write_json(where.dst_fs, where.output_path(SUMMARY_FILE), summary)
     from .page import render_page
 

@@ -61,12 +61,13 @@ class RowRestorer:
             row.update(error=f"restoration failed: {type(exc).__name__}: {exc}", pixels=b"")
 
     def _keep(self, row: dict, restored: np.ndarray) -> None:
-        """The restored pixels into the row; a tile window keeps only its core."""
+        """The restored pixels into the row: a whole image's as an array (it is encoded in this
+        process); a tile window's core as bytes (it travels on to be stitched)."""
         if row["tile"] != WHOLE:
             y0, y1, x0, x1 = row["crop"]
             restored = np.ascontiguousarray(restored[y0:y1, x0:x1])
             row.update(height=y1 - y0, width=x1 - x0)
-        row["pixels"] = restored.tobytes()
+        row["pixels"] = np.ascontiguousarray(restored) if row["tile"] == WHOLE else restored.tobytes()
         row["node"] = self.node
 
 

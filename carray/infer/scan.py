@@ -57,6 +57,22 @@ def scan_key(where: Locations, path: str, max_pixels: Optional[int], policy: Pol
     return row
 
 
+def scan_data(path: str, data: bytes, max_pixels: Optional[int], policy: Policy) -> dict:
+    """An image's bytes in memory (a shard's member) -> the same row as :func:`scan_key` (never raises)."""
+    row = {"path": path, "bytes": len(data), "format": "", "width": 0, "height": 0, "quality": None,
+           "chroma_quality": None, "subsampling": None, "decision": FAIL, "reason": ""}
+    try:
+        header = read_header(data, max_pixels)
+    except ImageError as exc:
+        row["reason"] = str(exc)
+        return row
+    row.update(format=header.format, width=header.width, height=header.height, quality=header.quality,
+               chroma_quality=header.chroma_quality, subsampling=header.subsampling)
+    quality, passed = policy.decide(header.quality)
+    row["decision"], row["reason"] = (PASS, passed) if passed else (RESTORE, f"restored at quality {quality}")
+    return row
+
+
 def scan_pack(table: pa.Table, *, where: Locations, max_pixels: Optional[int], policy: Policy) -> pa.Table:
     """map_batches stage: rows of keys -> rows of what their headers say."""
     rows = [scan_key(where, str(path), max_pixels, policy) for path in table.column("path").to_pylist()]

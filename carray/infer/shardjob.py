@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -21,9 +22,10 @@ import ray
 from ray.data import Datasink
 
 from .. import storage
-from ..images import ImageError, encode_image, read_header
-from .decode import decode_to_row
+from ..images import ImageError, encode_image
+from .decode import decode_row, plan_row
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
+from .memory import keep_freed_memory
 from .packs import from_row
 from .restoring import RowRestorer
 from .shards import ShardResult, expand_braces, rewrite_parquet, rewrite_tar, shard_kind
@@ -62,14 +64,17 @@ def shard_keys(cfg: "InferConfig", where: Locations) -> list[str]:
 
 
 class ShardRestorer(RowRestorer):
-    """map_batches callable class: one shard per call, streamed from the input to its output."""
+    """map_batches callable class: one shard per call, streamed from the input to its output. Calls
+    may run at once in threads (a GPU actor, Pool.calls): the network takes one image at a time."""
 
     def __init__(self, model_files: dict, where: Locations, policy, max_pixels: Optional[int], tile: int, threads: int,
                  precision: str, onnx: Optional[dict], tile_batch: int, jpeg_quality: int, image_keys: tuple,
                  image_column: Optional[str], overwrite: bool, single: bool):
+        keep_freed_memory()
         super().__init__(model_files, tile, threads, False, precision, onnx, tile_batch, ray.get_runtime_context().get_node_id())
         self.where, self.policy, self.max_pixels, self.quality = where, policy, max_pixels, jpeg_quality
         self.image_keys, self.image_column, self.overwrite, self.single = image_keys, image_column, overwrite, single
+        self.network = threading.Lock()
 
     def __call__(self, batch: dict) -> dict:
         rows = [self.rewrite(str(shard)) for shard in batch["shard"]]
@@ -102,42 +107,50 @@ class ShardRestorer(RowRestorer):
     def _rewrite(self, kind: str, src: str, dst: str) -> ShardResult:
         """Read, restore and write the shard; its failure lines are written first (a shard whose
         output appeared without them would hide its failures from --retry-failed)."""
-        self.megapixels = 0.0
+        megapixels = [0.0]  # of this call's images: calls may run at once
+
+        def restore(key: str, data: bytes) -> tuple[bytes, str]:
+            out, outcome, restored = self.restore_member(key, data)
+            megapixels[0] += restored
+            return out, outcome
+
         shard = posixpath.relpath(dst, self.where.dst_root)
         with storage.atomic_output(self.where.dst_fs, dst, spill=True) as target:
             if kind == "webdataset":
                 # Read ahead in 8 MB pieces: tarfile reads in blocks of a few KB, and an unbuffered
                 # S3 stream makes each one a ranged GET (measured: 200 GETs per 500-image shard).
                 with self.where.src_fs.open_input_stream(src, buffer_size=READ_AHEAD) as source:
-                    result = rewrite_tar(source, target, self.restore_member, self.image_keys)
+                    result = rewrite_tar(source, target, restore, self.image_keys)
             else:
                 with self.where.src_fs.open_input_file(src) as source:
-                    result = rewrite_parquet(source, target, self.restore_member, self.image_column)
+                    result = rewrite_parquet(source, target, restore, self.image_column)
             lines = [{"path": shard, "key": key, "reason": reason} for key, reason in result.failures]
             if result.error:
                 lines.append({"path": shard, "key": "", "reason": result.error})
             if lines:
                 storage.write_jsonl(self.where.dst_fs, self.failure_file(shard), lines)
-        result.megapixels = self.megapixels
+        result.megapixels = megapixels[0]
         return result
 
-    def restore_member(self, key: str, data: bytes) -> tuple[bytes, str]:
-        """An image's bytes -> (the bytes to write, outcome) as the file job decides (shards.Restore)."""
-        row = decode_to_row(key, key, data, self.max_pixels, self.policy)
-        if row["error"]:
-            return data, f"failed: {row['error']}"
+    def restore_member(self, key: str, data: bytes) -> tuple[bytes, str, float]:
+        """An image's bytes -> (the bytes to write, outcome, megapixels restored) as the file job
+        decides (shards.Restore)."""
+        row = plan_row(key, key, data, self.max_pixels, self.policy)
         if row["passed"]:
-            return data, f"passed: {row['passed']}"
-        self.restore([row])
+            return data, f"passed: {row['passed']}", 0.0
+        fmt = MEMBER_FORMATS.get(row["format"], "jpeg")
+        decode_row(row, self.max_pixels, as_bytes=False)
         if row["error"]:
-            return data, f"failed: {row['error']}"
+            return data, f"failed: {row['error']}", 0.0
+        with self.network:
+            self.restore([row])
+        if row["error"]:
+            return data, f"failed: {row['error']}", 0.0
         try:
-            fmt = MEMBER_FORMATS.get(read_header(data).format, "jpeg")
             out = encode_image(from_row(row), fmt, self.quality)
         except (ImageError, OSError, ValueError) as exc:
-            return data, f"failed: cannot encode as {fmt}: {exc}"
-        self.megapixels += row["height"] * row["width"] / 1e6
-        return out, "restored"
+            return data, f"failed: cannot encode as {fmt}: {exc}", 0.0
+        return out, "restored", row["height"] * row["width"] / 1e6
 
 
 class ShardSink(Datasink):
@@ -214,12 +227,14 @@ def run_shards(cfg: "InferConfig", where: Locations, files: dict, say=print) -> 
     keys = shard_keys(cfg, where)
     kinds = {shard_kind(k or where.src_root) for k in keys}
     say(f"carray: {len(keys)} shard(s) ({', '.join(sorted(k or '?' for k in kinds))}); each streamed by one actor, written whole")
-    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu)
+    pool = plan_pool(cfg.actors, cfg.gpu, per_gpu=cfg.actors_per_gpu, codecs=True)
     precision, runtime, onnx = plan_networks(files, cfg.precision, cfg.runtime, cuda=bool(pool.gpus), say=say)
     say(f"carray: {pool.actors} restoring actor(s) on {'GPU' if pool.gpus else 'CPU'} ({pool.reason}); precision {precision} ({RUNTIME_NAMES[runtime]})")
     ds = ray.data.from_items([{"shard": k} for k in keys], override_num_blocks=max(1, len(keys)))
     ds = ds.map_batches(
-        ShardRestorer, batch_size=1, compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors),
+        ShardRestorer, batch_size=1,
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.actors, max_concurrent_calls_per_actor=pool.calls,
+                                  enable_true_multi_threading=pool.calls > 1),
         num_cpus=pool.cpus, num_gpus=pool.gpus,
         fn_constructor_kwargs=dict(
             model_files=files, where=where, policy=cfg.policy(), max_pixels=cfg.max_pixels, tile=cfg.tile, threads=pool.threads,

@@ -115,6 +115,33 @@ def rewrite_tar(source, target, restore: Restore, image_keys=DEFAULT_IMAGE_KEYS)
     return result
 
 
+def iter_images(source, kind: str, image_keys=DEFAULT_IMAGE_KEYS, column: Optional[str] = None):
+    """(member or sample key, bytes) of each image of a shard, in order, reading nothing else into
+    memory: `source` a stream (WebDataset) or a seekable file (Parquet). A tar cut short ends early."""
+    if kind == "webdataset":
+        wanted = {k.lower() for k in image_keys}
+        with tarfile.open(fileobj=source, mode="r|") as tin:
+            try:
+                for member in tin:
+                    if member.isfile() and sample_key(member.name)[1].lower() in wanted:
+                        yield member.name, tin.extractfile(member).read()
+            except (tarfile.ReadError, EOFError, OSError):
+                return
+        return
+    reader = pq.ParquetFile(source)
+    name = image_column(reader.schema_arrow, column)
+    key_column = "key" if "key" in reader.schema_arrow.names else None
+    row = 0
+    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[name] + ([key_column] if key_column else [])):
+        images = batch.column(name)
+        values = images.field("bytes") if pa.types.is_struct(images.type) else images
+        keys = batch.column(key_column).to_pylist() if key_column else [f"row {row + i}" for i in range(batch.num_rows)]
+        for key, value in zip(keys, values.to_pylist()):
+            if value is not None:
+                yield str(key), value
+        row += batch.num_rows
+
+
 def image_column(schema: pa.Schema, named: Optional[str]) -> str:
     """The Parquet column that holds the images: `named`, else the one column of Hugging Face's
     image struct ({bytes, path}) or of binary type. Raises ValueError naming the candidates."""

@@ -71,6 +71,10 @@ class JobTracker:
         """(when, megapixels) of the first pack written with restored pixels: the job's start-up ends there."""
         return self.first_output
 
+    def actor_cpu(self) -> dict:
+        """{step: CPU seconds} the restoring actors spent (carray.infer.restorer.CPU_STEPS)."""
+        return {key[4:]: round(value, 4) for key, value in self.totals.items() if key.startswith("cpu_")}
+
     def snapshot(self) -> dict:
         listed = sum(keys + sum(skipped.values()) for keys, skipped in self.listings.values())
         return {**self.totals, "listed": listed, "skipped": self.totals.get("skipped", 0) + sum(self.listing_skips().values())}

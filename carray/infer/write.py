@@ -45,7 +45,11 @@ def encode_row(row: dict, *, fmt: str, quality: int, image: Optional[DecodedImag
 
 def encode_and_write(row: dict, *, fmt: str, quality: int, where: Locations, tracker=None) -> dict:
     """Encode and write the output file; hands on a small row (no pixels) for the sink's counts. A
-    passed-through input was written by its decode task (carray.infer.decode.read_and_decode)."""
+    passed-through input was written by its read task (carray.infer.decode.read_and_plan), a whole
+    image by its restoring actor (carray.infer.restorer)."""
+    if row["written"]:
+        return {**{k: row[k] for k in _RESULT_KEYS}, "data": b"", "part": "", "notes": row["notes"],
+                "megapixels": row["height"] * row["width"] / 1e6}
     image = None
     if row["tile"] != WHOLE and not row["skipped"]:
         row, image = _store_tile(row, where=where, tracker=tracker)
