@@ -354,7 +354,7 @@ def object_store_bytes() -> dict[str, int]:
     return found
 
 
-def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str]) -> dict:
+def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_size: int = 0) -> dict:
     """The job with a network that costs nothing (bench/identity.py), on real-size colour photos:
     MP/s per CPU core of everything else (listing, reading, decoding, the actors' own work, encoding,
     writing) — the rate at which a node's CPUs could feed its GPU — beside the bare codec loop on the
@@ -427,7 +427,27 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str]) -> dict:
                         "stage_core_ms_per_mp": {k: v * 1e3 for k, v in stages.items()},
                         "actor_step_core_ms_per_mp": {k: v * 1e3 for k, v in actor_steps.items()},
                         "object_store_bytes_per_mp": {k: v / summary["megapixels"] for k, v in stored.items()}}
+    if shard_size:
+        results["shards"] = ceiling_shards(tmp, model, paths, shard_size, results)
     return results
+
+
+def ceiling_shards(tmp: Path, model: str, paths: list[Path], shard_size: int, results: dict) -> dict:
+    """The ceiling's photos as WebDataset shards (key.jpg, plain tarfile as img2dataset writes them)
+    through the job: MP/s against the files' run in the same command."""
+    import tarfile
+
+    folder = tmp / "ceiling-shards"
+    folder.mkdir()
+    for first in range(0, len(paths), shard_size):
+        with tarfile.open(folder / f"{first // shard_size:05d}.tar", "w") as tar:
+            for path in paths[first : first + shard_size]:
+                tar.add(path, arcname=path.name)
+    summary = job(folder, tmp / "ceiling-shards-out", model, runtime="torch", format="jpeg")
+    files = results.get("jpeg", {}).get("job_mp_per_s")
+    print(f"ceiling as shards of {shard_size}: {summary['restored']} photos {summary['megapixels_per_second']:.1f} MP/s in {summary['seconds']:.1f} s"
+          + (f" = {summary['megapixels_per_second'] / files:.2f}x the files' run ({files:.1f} MP/s)" if files else ""))
+    return {"mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "ratio_to_files": summary["megapixels_per_second"] / files if files else None}
 
 
 def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
@@ -728,6 +748,8 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=100, help="folders they are spread over in the listing case")
     parser.add_argument("--photos", type=int, default=16, help="9.4 MP colour JPEGs in the ceiling case")
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
+    parser.add_argument("--ceiling-shards", type=int, default=0,
+                        help="ceiling case: also the same photos as WebDataset shards of this many (key.jpg), through the job, against the files")
     parser.add_argument("--scan-photos", type=int, default=20, help="9.4 MP colour JPEGs in the scan case")
     parser.add_argument("--scan-links", type=int, default=10, help="hard links to each in the scan case (distinct paths)")
     parser.add_argument("--preview-photos", type=int, default=80, help="1.2 MP photos in the preview case")
@@ -772,7 +794,7 @@ def main() -> None:
         if "listing" in args.cases:
             results["listing"] = case_listing(tmp, model_path, args.keys, args.folders)
         if "ceiling" in args.cases:
-            results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats)
+            results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats, args.ceiling_shards)
         if "scan" in args.cases:
             results["scan"] = case_scan(tmp, model_path, args.scan_photos, args.scan_links)
         if "preview" in args.cases:

@@ -426,7 +426,8 @@ class InferConfig(RestoreOptions, ClusterOptions):
         help="Look before you spend: restore only a seeded random sample of N inputs, spread over the whole listing "
         "or manifest, and write OUTPUT/index.html (before/after at 100 %% where restoring changed each one most, "
         "what the policy decided and why), the collection's make-up from its headers, and the full run's "
-        "estimated time and cost, with OUTPUT/_summary.json. 0 = restore everything (the job itself).",
+        "estimated time and cost, with OUTPUT/_summary.json. On shards: a sample of the images inside up to 8 of "
+        "them. 0 = restore everything (the job itself).",
     )
     preview_scan: int = option(
         1000,

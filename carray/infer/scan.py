@@ -34,8 +34,7 @@ def read_head(where: Locations, path: str) -> tuple[bytes, int]:
 
 def scan_key(where: Locations, path: str, max_pixels: Optional[int], policy: Policy) -> dict:
     """One input -> what its header says and what the job would do with it (never raises)."""
-    row = {"path": path, "bytes": 0, "format": "", "width": 0, "height": 0, "quality": None,
-           "chroma_quality": None, "subsampling": None, "decision": FAIL, "reason": ""}
+    row = _unread(path)
     try:
         head, row["bytes"] = read_head(where, path)
         try:
@@ -50,22 +49,27 @@ def scan_key(where: Locations, path: str, max_pixels: Optional[int], policy: Pol
     except ImageError as exc:
         row["reason"] = str(exc)
         return row
-    row.update(format=header.format, width=header.width, height=header.height, quality=header.quality,
-               chroma_quality=header.chroma_quality, subsampling=header.subsampling)
-    quality, passed = policy.decide(header.quality)
-    row["decision"], row["reason"] = (PASS, passed) if passed else (RESTORE, f"restored at quality {quality}")
-    return row
+    return _decided(row, header, policy)
 
 
 def scan_data(path: str, data: bytes, max_pixels: Optional[int], policy: Policy) -> dict:
     """An image's bytes in memory (a shard's member) -> the same row as :func:`scan_key` (never raises)."""
-    row = {"path": path, "bytes": len(data), "format": "", "width": 0, "height": 0, "quality": None,
-           "chroma_quality": None, "subsampling": None, "decision": FAIL, "reason": ""}
+    row = dict(_unread(path), bytes=len(data))
     try:
         header = read_header(data, max_pixels)
     except ImageError as exc:
         row["reason"] = str(exc)
         return row
+    return _decided(row, header, policy)
+
+
+def _unread(path: str) -> dict:
+    return {"path": path, "bytes": 0, "format": "", "width": 0, "height": 0, "quality": None,
+            "chroma_quality": None, "subsampling": None, "decision": FAIL, "reason": ""}
+
+
+def _decided(row: dict, header, policy: Policy) -> dict:
+    """The row with what the header says and what the policy would do."""
     row.update(format=header.format, width=header.width, height=header.height, quality=header.quality,
                chroma_quality=header.chroma_quality, subsampling=header.subsampling)
     quality, passed = policy.decide(header.quality)
