@@ -43,6 +43,7 @@ start-up and the tail included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -450,6 +451,35 @@ def ceiling_shards(tmp: Path, model: str, paths: list[Path], shard_size: int, re
     return {"mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "ratio_to_files": summary["megapixels_per_second"] / files if files else None}
 
 
+@contextlib.contextmanager
+def bench_bucket(folder: Path):
+    """The tests' SeaweedFS server (tests/support/s3.py) in `folder`, with a bucket named bench:
+    (server, its pyarrow filesystem); stopped at the end."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.s3 import SeaweedS3
+
+    server = SeaweedS3(folder)
+    server.start()
+    try:
+        fs = server.filesystem()
+        fs.create_dir("bench")
+        yield server, fs
+    finally:
+        server.stop()
+
+
+def put_objects(fs, items) -> None:
+    """(name, bytes) pairs into the bench bucket, 32 uploads at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(item) -> None:
+        with fs.open_output_stream(f"bench/{item[0]}") as f:
+            f.write(item[1])
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, items))
+
+
 def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
     """A bucket of `keys` objects on the SeaweedFS server the tests use (tests/support/s3.py), in
     `folders` folders: one small JPEG first in each folder (64 in all at most), the rest small text
@@ -457,31 +487,15 @@ def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
     folder-by-folder walk a driver would do, carray.storage.walk_files), the job's keys/s end to end
     (listing, planning, skipping and restoring the JPEGs), and the seconds from the job's start to
     its first output."""
-    import sys as _sys
-    from concurrent.futures import ThreadPoolExecutor
-
     import pyarrow.fs as pafs
-
-    _sys.path.insert(0, str(REPO / "tests"))
-    from support.s3 import SeaweedS3
 
     from carray import storage
 
-    server = SeaweedS3(tmp / "seaweed")
-    server.start()
-    try:
-        fs = server.filesystem()
-        fs.create_dir("bench")
+    with bench_bucket(tmp / "seaweed") as (server, fs):
         tiny = jpeg.compress(np.full((16, 16), 128, np.uint8), 20)
         names = [f"src/f{i % folders:04d}/{'a' if i < folders and i < 64 else 'z'}{i:08d}.{'jpg' if i < folders and i < 64 else 'txt'}" for i in range(keys)]
-
-        def put(name: str) -> None:
-            with fs.open_output_stream(f"bench/{name}") as f:
-                f.write(tiny if name.endswith(".jpg") else b"x")
-
         started = time.perf_counter()
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(put, names))
+        put_objects(fs, ((name, tiny if name.endswith(".jpg") else b"x") for name in names))
         print(f"listing: {keys} objects written in {time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
         listed = sum(1 for _ in storage.walk_files(fs, "bench/src"))
@@ -511,8 +525,6 @@ def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
         stop.set()
         watcher.join(timeout=5)
         assert summary["seen"] == keys and summary["restored"] == min(folders, 64), summary
-    finally:
-        server.stop()
     rates = {"walk": keys / walk_seconds, "job": keys / summary["seconds"]}
     print(f"listing: {keys} keys in {folders} folders on SeaweedFS: a sequential walk lists {rates['walk']:.0f} keys/s ({walk_seconds:.1f} s); "
           f"the job {rates['job']:.0f} keys/s end to end ({summary['seconds']:.1f} s, {summary['restored']} restored); "
@@ -524,38 +536,23 @@ def case_shards(tmp: Path, model_path: str, images: int, shard_size: int) -> dic
     """The same small images as files and as shards, on the tests' SeaweedFS server, through the job:
     seconds, the server's own count of S3 requests by type (what a store bills), bytes moved."""
     import io
-    import sys as _sys
     import tarfile
-    from concurrent.futures import ThreadPoolExecutor
 
-    _sys.path.insert(0, str(REPO / "tests"))
-    from support.s3 import SeaweedS3
-
-    server = SeaweedS3(tmp / "seaweed-shards")
-    server.start()
-    try:
-        fs = server.filesystem()
-        fs.create_dir("bench")
+    with bench_bucket(tmp / "seaweed-shards") as (server, fs):
         photos = [jpeg.compress(np.roll(_small_colour(), i * 7, axis=1), 30) for i in range(64)]
-
-        def put(name_data) -> None:
-            with fs.open_output_stream(f"bench/{name_data[0]}") as f:
-                f.write(name_data[1])
-
         started = time.perf_counter()
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(put, ((f"files/{i // 1000:04d}/{i:09d}.jpg", photos[i % 64]) for i in range(images))))
-            shards = []
-            for first in range(0, images, shard_size):
-                buf = io.BytesIO()
-                with tarfile.open(fileobj=buf, mode="w") as tar:
-                    for i in range(first, min(images, first + shard_size)):
-                        for name, data in ((f"{i:09d}.jpg", photos[i % 64]), (f"{i:09d}.txt", f"caption {i}".encode())):
-                            info = tarfile.TarInfo(name)
-                            info.size = len(data)
-                            tar.addfile(info, io.BytesIO(data))
-                shards.append((f"shards/{first // shard_size:05d}.tar", buf.getvalue()))
-            list(pool.map(put, shards))
+        put_objects(fs, ((f"files/{i // 1000:04d}/{i:09d}.jpg", photos[i % 64]) for i in range(images)))
+        shards = []
+        for first in range(0, images, shard_size):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for i in range(first, min(images, first + shard_size)):
+                    for name, data in ((f"{i:09d}.jpg", photos[i % 64]), (f"{i:09d}.txt", f"caption {i}".encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+            shards.append((f"shards/{first // shard_size:05d}.tar", buf.getvalue()))
+        put_objects(fs, shards)
         print(f"shards: {images} images written as files and as {len(shards)} shards in {time.perf_counter() - started:.0f} s")
         for key, value in server.env().items():
             os.environ[key] = value
@@ -570,8 +567,6 @@ def case_shards(tmp: Path, model_path: str, images: int, shard_size: int) -> dic
                              "requests_total": sum(requests.values()), "mp_per_s": summary["megapixels_per_second"]}
             print(f"shards: {kind}: {summary['seconds']:.1f} s, {images / summary['seconds']:.0f} images/s, "
                   f"S3 requests {sum(requests.values())} ({', '.join(f'{k} {v}' for k, v in sorted(requests.items()))})")
-    finally:
-        server.stop()
     ratio = figures["shards"]["images_per_s"] / figures["files"]["images_per_s"]
     print(f"shards: images/s of the shard path / the file path = {ratio:.2f}; requests per image "
           f"{figures['files']['requests_total'] / images:.2f} (files) vs {figures['shards']['requests_total'] / images:.4f} (shards)")

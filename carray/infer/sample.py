@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from typing import Optional
 
 
 def priority(key: str, seed: int) -> int:
@@ -25,15 +26,19 @@ class BottomK:
         self.heap: list[tuple[int, str]] = []  # (-priority, key): the root is the worst kept
         self.count = 0
 
-    def add(self, key: str) -> None:
+    def add(self, key: str) -> tuple[bool, Optional[str]]:
+        """Count `key`; returns (whether it is in the sample now, the key it pushed out, or None), for
+        a caller that keeps something per sampled key."""
         self.count += 1
         if self.k <= 0:
-            return
+            return False, None
         item = (-priority(key, self.seed), key)
         if len(self.heap) < self.k:
             heapq.heappush(self.heap, item)
-        elif item > self.heap[0]:
-            heapq.heapreplace(self.heap, item)
+            return True, None
+        if item > self.heap[0]:
+            return True, heapq.heapreplace(self.heap, item)[1]
+        return False, None
 
     def keys(self) -> list[str]:
         """The sample, in priority order (so the first n are the sample of n)."""

@@ -1,25 +1,24 @@
 """--preview on shards: a sample of the images inside them, for the preview to look at as it looks
 at files. No Ray here.
 
-A seeded choice of up to PREVIEW_SHARDS shards is streamed by the driver: every image member's header
-is read from its bytes (the tables-only scan), a seeded bottom-k sample of the members is kept
-(carray.infer.sample: uniform over the shards read), and the first --preview of it keep their bytes,
+A seeded choice of up to PREVIEW_SHARDS shards is streamed by the driver: a seeded bottom-k sample of
+their image members is kept (carray.infer.sample: uniform over the shards read), each sampled member's
+header read from its bytes (the tables-only scan), and the first --preview of it keep their bytes,
 to be written as files SHARD/MEMBER for the job to restore. The collection's image count is the shards'
 count times the images per shard read.
 """
 from __future__ import annotations
 
-import heapq
 import posixpath
 import random
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import storage
-from ..images import read_header, ImageError
+from ..images import IMAGE_EXTENSIONS, ImageError, read_header
 from ..quality import Policy
 from .layout import Locations
-from .sample import BottomK, priority
+from .sample import BottomK
 from .scan import scan_data
 from .shards import iter_images, shard_kind
 
@@ -56,7 +55,7 @@ def sample_path(shard: str, member: str, data: bytes) -> Optional[str]:
     if ".." in parts or not parts:
         return None
     name = "/".join(parts)
-    if not name.lower().endswith((".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".mpo", ".jpe", ".jfif")):
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
         try:
             name += EXTENSIONS.get(read_header(data).format, ".jpg")
         except ImageError:
@@ -66,13 +65,12 @@ def sample_path(shard: str, member: str, data: bytes) -> Optional[str]:
 
 def sample_shards(where: Locations, keys: list[str], single: bool, *, scan: int, shown: int, seed: int, max_pixels: Optional[int],
                   policy: Policy, image_keys, image_column: Optional[str]) -> ShardSample:
-    """Stream the chosen shards; scan every image member; keep the sample (`scan` members) and the
-    bytes of its first `shown`."""
+    """Stream the chosen shards, keeping the sample (`scan` members) with their headers scanned, and
+    the bytes of its first `shown`."""
     result = ShardSample(shards=len(keys))
-    bottom = BottomK(max(scan, shown), seed)
-    rows: dict[str, dict] = {}
-    kept: list[tuple[int, str]] = []  # (-priority, path) of the `shown` of lowest priority so far
-    data_of: dict[str, bytes] = {}
+    sample, front = BottomK(max(scan, shown), seed), BottomK(shown, seed)  # front: the sample's first `shown`
+    rows: dict[str, dict] = {}  # of the members in the sample so far
+    data_of: dict[str, bytes] = {}  # of the members in front so far
     for shard in choose_shards(keys, seed):
         path = where.src_root if single else where.input_path(shard)
         name = shard or posixpath.basename(where.src_root)
@@ -84,21 +82,20 @@ def sample_shards(where: Locations, keys: list[str], single: bool, *, scan: int,
                 if at is None:
                     continue
                 result.images_read += 1
-                bottom.add(at)
-                rows[at] = scan_data(at, data, max_pixels, policy)
-                item = (-priority(at, seed), at)
-                if len(kept) < shown:
-                    heapq.heappush(kept, item)
-                    data_of[at] = data
-                elif item > kept[0]:
-                    data_of.pop(heapq.heapreplace(kept, item)[1], None)
-                    data_of[at] = data
+                _keep(sample.add(at), rows, at, lambda: scan_data(at, data, max_pixels, policy))
+                _keep(front.add(at), data_of, at, lambda: data)
         result.shards_read += 1
-        keep = set(bottom.keys())  # rows of members out of the sample are dropped as the shards go
-        rows = {k: v for k, v in rows.items() if k in keep}
-    result.scanned = [rows[k] for k in bottom.keys()]
-    result.shown = {k: data_of[k] for k in bottom.keys()[:shown]}
+    result.scanned = [rows[k] for k in sample.keys()]
+    result.shown = {k: data_of[k] for k in front.keys()}
     return result
+
+
+def _keep(added: tuple, store: dict, key: str, value) -> None:
+    """What a bottom-k sample's add said, applied to what is kept per sampled key."""
+    kept, pushed_out = added
+    if kept:
+        store[key] = value()
+    store.pop(pushed_out, None)
 
 
 def write_sample(sample: ShardSample, where: Locations, folder: str) -> None:
