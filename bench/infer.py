@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -300,19 +301,26 @@ def make_photos(folder: Path, count: int, quality: int = 50, sources: Path = SHA
     return count * height * width / 1e6
 
 
-def codec_loop(paths: list[Path], fmt: str) -> dict:
+def codec_loop(paths: list[Path], fmt: str, out: Path) -> dict:
     """The bare loops the ceiling is held against, one photo after the other in this thread:
     `pillow`: Pillow alone, each photo decoded and encoded as the job encodes (--format, its quality,
-    4:4:4 for JPEG), no numpy, no metadata: the codecs' own pace; `carray`: read, header, decode and
-    encode through carray.images as the job calls them (pixels as numpy arrays, metadata carried).
-    Seconds per MP of each step, and MP/s of each loop (= per core)."""
+    4:4:4 for JPEG), no numpy, no metadata: the codecs' own pace through Pillow; `turbo` (JPEG only):
+    libjpeg-turbo through simplejpeg, straight to and from numpy, as the job now decodes and encodes
+    JPEGs; `carray`: read, header, decode and encode through carray.images as the job calls them
+    (metadata carried). Beside them, `write`: each Pillow output written as a new file under `out`
+    (the job writes its outputs; the loops' rates leave that out). Seconds per MP of each step,
+    and MP/s of each loop (= per core)."""
     import io
+
+    import simplejpeg
 
     from carray.images import OUTPUT_FORMATS, read_header
 
     pillow_format = OUTPUT_FORMATS[fmt][0]
     options = {"quality": InferConfig.jpeg_quality, "subsampling": 0} if fmt == "jpeg" else {"quality": InferConfig.jpeg_quality} if fmt == "webp" else {"compress_level": 1}
-    steps = dict.fromkeys(("pillow decode", "pillow encode", "read", "header", "decode", "encode"), 0.0)
+    turbo = fmt == "jpeg"
+    steps = dict.fromkeys(("pillow decode", "pillow encode", "turbo decode", "turbo encode", "read", "header", "decode", "encode", "write"), 0.0)
+    out.mkdir(parents=True, exist_ok=True)
     pixels = 0
     for path in paths:
         t0 = time.thread_time()
@@ -321,7 +329,8 @@ def codec_loop(paths: list[Path], fmt: str) -> dict:
         image = Image.open(io.BytesIO(data))
         image.load()
         t2 = time.thread_time()
-        image.save(io.BytesIO(), pillow_format, **options)
+        buffer = io.BytesIO()
+        image.save(buffer, pillow_format, **options)
         t3 = time.thread_time()
         read_header(data, None)
         t4 = time.thread_time()
@@ -329,14 +338,24 @@ def codec_loop(paths: list[Path], fmt: str) -> dict:
         t5 = time.thread_time()
         encode_image(decoded, fmt, InferConfig.jpeg_quality)
         t6 = time.thread_time()
-        for step, seconds in zip(steps, (t2 - t1, t3 - t2, t1 - t0, t4 - t3, t5 - t4, t6 - t5)):
+        array = simplejpeg.decode_jpeg(data) if turbo else None
+        t7 = time.thread_time()
+        if turbo:
+            simplejpeg.encode_jpeg(array, quality=InferConfig.jpeg_quality, colorsubsampling="444")
+        t8 = time.thread_time()
+        (out / path.name).write_bytes(buffer.getvalue())
+        t9 = time.thread_time()
+        for step, seconds in zip(steps, (t2 - t1, t3 - t2, t7 - t6, t8 - t7, t1 - t0, t4 - t3, t5 - t4, t6 - t5, t9 - t8)):
             steps[step] += seconds
         pixels += image.width * image.height
+    shutil.rmtree(out)
     megapixels = pixels / 1e6
     pillow = steps["pillow decode"] + steps["pillow encode"]
     carray = steps["read"] + steps["header"] + steps["decode"] + steps["encode"]
+    turbo_seconds = steps["turbo decode"] + steps["turbo encode"]
     return {"pillow_mp_per_s": megapixels / pillow, "carray_mp_per_s": megapixels / carray,
-            "core_ms_per_mp": {k: v / megapixels * 1e3 for k, v in steps.items()}}
+            "turbo_mp_per_s": megapixels / turbo_seconds if turbo else None,
+            "core_ms_per_mp": {k: v / megapixels * 1e3 for k, v in steps.items() if v or not k.startswith("turbo")}}
 
 
 def object_store_bytes() -> dict[str, int]:
@@ -376,14 +395,14 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     job(tmp / "photos-warm", tmp / "ceiling-warm", model, runtime="torch")
     results = {"photos": count, "megapixels": megapixels}
     for fmt in formats:
-        loop = codec_loop(paths, fmt)
+        loop = codec_loop(paths, fmt, tmp / "loop-out")
         job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt)  # starts the workers a longer run uses
         with CpuByStage() as cpu_half:
             first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt)
         with CpuByStage() as cpu:
             summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt)
         stored = object_store_bytes()
-        again = codec_loop(paths, fmt)  # the machine's pace can drift: the loops before and after the jobs, averaged
+        again = codec_loop(paths, fmt, tmp / "loop-out")  # the machine's pace can drift: the loops before and after the jobs, averaged
         assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)
         extra_mp = summary["megapixels"] - first["megapixels"]
         # Steady state: what the second half of the photos added, in CPU of every process (start-up,
@@ -396,17 +415,24 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         wall_rate = extra_mp / (summary["seconds"] - first["seconds"])
         pillow = (loop["pillow_mp_per_s"] + again["pillow_mp_per_s"]) / 2
         carray_loop = (loop["carray_mp_per_s"] + again["carray_mp_per_s"]) / 2
+        turbo = (loop["turbo_mp_per_s"] + again["turbo_mp_per_s"]) / 2 if loop["turbo_mp_per_s"] else None
+        write = (loop["core_ms_per_mp"]["write"] + again["core_ms_per_mp"]["write"]) / 2e3  # core-seconds per MP
         network = actor_steps.get("restore", 0.0)  # the identity network's device work: a GPU's on a GPU node
         startup_cpu = used - marginal * summary["megapixels"]
         print(f"ceiling, --format {fmt}: {count} colour JPEGs of 9.4 MP (q50, {megapixels:.0f} MP), identity network, {cpus} CPUs")
         print(f"  bare loops, one thread, before and after the jobs: Pillow alone {loop['pillow_mp_per_s']:.1f} / {again['pillow_mp_per_s']:.1f} MP/s; "
-              f"through carray.images {loop['carray_mp_per_s']:.1f} / {again['carray_mp_per_s']:.1f} MP/s")
+              + (f"libjpeg-turbo alone (simplejpeg) {loop['turbo_mp_per_s']:.1f} / {again['turbo_mp_per_s']:.1f} MP/s; " if turbo else "")
+              + f"through carray.images {loop['carray_mp_per_s']:.1f} / {again['carray_mp_per_s']:.1f} MP/s")
         print("    ms per MP: " + ", ".join(f"{k} {v:.2f}" for k, v in loop["core_ms_per_mp"].items()))
         print(f"  job: all {count} photos {summary['megapixels_per_second']:.1f} MP/s in {summary['seconds']:.1f} s (first output after "
               f"{summary['seconds_to_first_output']:.1f} s); the first {count // 2} in {first['seconds']:.1f} s")
         print(f"  steady state (what the second {count - count // 2} photos added): {marginal * 1e3:.2f} ms of CPU per MP = "
               f"{per_core:.1f} MP/s per core = {per_core / pillow:.2f}x Pillow alone, {per_core / carray_loop:.2f}x the carray.images loop; "
               f"wall {wall_rate:.1f} MP/s on {cpus} CPUs")
+        if turbo:
+            print(f"    = {per_core / turbo:.2f}x libjpeg-turbo alone (the job's own codec calls)")
+        print(f"    the loops write nothing; Pillow alone + writing each output as a new file ({write * 1e3:.2f} ms per MP here): "
+              f"{1 / (1 / pillow + write):.1f} MP/s = the job at {per_core * (1 / pillow + write):.2f}x")
         if network:
             print(f"    without the network's own step ({network * 1e3:.2f} ms per MP: the identity's float conversions, a GPU's work on a "
                   f"GPU node): {1 / (marginal - network):.1f} MP/s per core = {1 / (marginal - network) / pillow:.2f}x Pillow alone")
@@ -419,7 +445,9 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
                   + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in actor_steps.items()) + " ms per MP")
         print("  object store, bytes put per input MP by operator: "
               + (", ".join(f"{op} {b / summary['megapixels'] / 1e6:.3f} MB" for op, b in stored.items() if b) or "none"))
-        results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop,
+        results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop, "turbo_mp_per_s_per_core": turbo,
+                        "loop_write_core_ms_per_mp": write * 1e3, "ratio_to_turbo": per_core / turbo if turbo else None,
+                        "ratio_to_pillow_and_write": per_core * (1 / pillow + write),
                         "loop_core_ms_per_mp": loop["core_ms_per_mp"],
                         "job_mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "half_seconds": first["seconds"],
                         "steady_core_ms_per_mp": marginal * 1e3, "steady_mp_per_s_per_core": per_core,

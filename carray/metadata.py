@@ -25,10 +25,11 @@ can never fail a photo.
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
 
 SOI, EOI, SOS = b"\xff\xd8", 0xD9, 0xDA  # start and end of image, start of scan
 COM = 0xFE
@@ -132,15 +133,18 @@ def _walk(data: bytes) -> tuple[int, int]:
 
 
 # In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte), a restart marker or more 0xFF
-# (fill); anything else ends the scan. One regular-expression search: a Python loop over every 0xFF
-# of a 9 MP photo's scan cost 12 ms, a quarter of its decode.
-_SCAN_END = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+# (fill); anything else ends the scan. Found with numpy over the whole scan at once: a Python loop
+# over every 0xFF of a 9 MP photo's scan cost 12 ms, a regular expression 5.5 ms, this 0.5 ms.
+_IN_SCAN = np.zeros(256, bool)
+_IN_SCAN[[0x00, *range(0xD0, 0xD8), 0xFF]] = True
 
 
 def _end_of_scan(data: bytes, pos: int) -> int:
     """From the start of a scan's entropy-coded data to the marker after it (its last 0xFF)."""
-    found = _SCAN_END.search(data, pos)
-    return found.start(1) - 1 if found else len(data)
+    scan = np.frombuffer(data, np.uint8)[pos:]
+    ffs = np.flatnonzero(scan[:-1] == 0xFF)
+    ends = ffs[~_IN_SCAN[scan[ffs + 1]]]
+    return pos + int(ends[0]) if len(ends) else len(data)
 
 
 def wrap(encoded: bytes, envelope: Envelope) -> tuple[bytes, list[str]]:

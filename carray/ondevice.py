@@ -39,9 +39,11 @@ def _download(y: torch.Tensor) -> np.ndarray:
     return out.numpy()
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float on 0..255 -> uint8, rounded and clamped (as carray.images.to_uint8)."""
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+def _to_uint8(x: torch.Tensor, into: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Float on 0..255 (overwritten) -> uint8, rounded and clamped (as carray.images.to_uint8);
+    written `into` a uint8 tensor of its shape when given (no uint8 tensor made, then copied)."""
+    x = x.round_().clamp_(0, 255)
+    return x.to(torch.uint8) if into is None else into.copy_(x)
 
 
 def to_planes(model, x: torch.Tensor) -> torch.Tensor:
@@ -58,18 +60,19 @@ def to_planes(model, x: torch.Tensor) -> torch.Tensor:
     return (_to_ycbcr(x)[..., 0] / 255)[:, None]
 
 
-def to_pixels(model, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The network's output planes (n, c, h, w) and the uint8 input `x` of the same region ->
-    restored uint8 of x's shape. A gray model on RGB replaces Y and keeps x's own Cb and Cr."""
+def to_pixels(model, y: torch.Tensor, x: torch.Tensor, into: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The network's output planes (n, c, h, w; overwritten: the float passes run in place) and the
+    uint8 input `x` of the same region -> restored uint8 of x's shape, written `into` such a
+    tensor when given. A gray model on RGB replaces Y and keeps x's own Cb and Cr."""
     channels = model.args["channels"]
     if x.ndim == 3:
-        return _to_uint8((y[:, 0] if channels == 1 else y.mean(dim=1)) * 255)
+        return _to_uint8((y[:, 0] if channels == 1 else y.mean(dim=1)).mul_(255), into)
     if channels == 3:
-        return _to_uint8(y.permute(0, 2, 3, 1) * 255)
+        return _to_uint8(y.permute(0, 2, 3, 1).mul_(255), into)
     ycc = _to_ycbcr(x)
     ycc[..., 0] = y[:, 0] * 255
     to_ycc, offset = _ycbcr_matrix(x.device)
-    return _to_uint8((ycc - offset) @ torch.linalg.inv(to_ycc).T)
+    return _to_uint8((ycc - offset) @ torch.linalg.inv(to_ycc).T, into)
 
 
 def _ycbcr_matrix(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,5 +120,5 @@ def restore_tiled_on_device(model, pixels: np.ndarray, device: torch.device, qua
                 for i, t in enumerate(chunk):
                     (wy0, _, wx0, _), (cy0, cy1, cx0, cx1) = t.window, t.core
                     core = (slice(i, i + 1), slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
-                    out[:, cy0:cy1, cx0:cx1] = to_pixels(model, restored[core[0], :, core[1], core[2]], windows[core])
+                    to_pixels(model, restored[core[0], :, core[1], core[2]], windows[core], into=out[:, cy0:cy1, cx0:cx1])
         return _download(out)[0]

@@ -2,6 +2,7 @@
 import sys
 
 from carray.cli import stage_main
+from carray.console import filter_ray_notices
 
 
 def main(argv=None) -> int:
@@ -9,4 +10,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    filter_ray_notices()  # Ray's C++ notices about itself stay in Ray's logs (carray/console.py)
     sys.exit(main())

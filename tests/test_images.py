@@ -6,7 +6,7 @@ from PIL import Image
 
 from carray import images, jpeg
 from carray.images import ImageError, decode_image, encode_image
-from support.images import png_bytes, smooth_image
+from support.images import DATA, png_bytes, smooth_image
 
 
 def save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -149,3 +149,67 @@ def test_read_header_reads_quality_and_subsampling_without_decoding():
         read_header(jpeg.compress(rgb, 80), max_pixels=2000)
     with pytest.raises(ImageError, match="not an image"):
         read_header(b"plain text")
+
+
+def _jpeg_layouts() -> dict[str, bytes]:
+    """A photo as JPEGs of every layout the job meets: sizes off the 8x8 and 16x16 grids, each chroma
+    subsampling, progressive, restart markers, gray, CMYK, and damaged ones."""
+    photo = Image.open(DATA / "LIVE1_color" / "parrots.png").convert("RGB")
+    files = {}
+    for size in ((256, 192), (101, 37), (7, 9)):
+        im = photo.resize(size)
+        for sub in (0, 1, 2):
+            for progressive in (False, True):
+                files[f"{size} 4:{sub} progressive={progressive}"] = jpeg_file(im, quality=50, subsampling=sub, progressive=progressive)
+        files[f"{size} gray"] = jpeg_file(im.convert("L"), quality=30)
+        files[f"{size} cmyk"] = jpeg_file(im.convert("CMYK"), quality=80)
+    whole = files["(256, 192) 4:2 progressive=False"]
+    files["restart markers"] = jpeg_file(photo, quality=70, restart_marker_blocks=3)
+    files["truncated"] = whole[: len(whole) // 2]
+    files["no EOI"] = whole[:-2]
+    files["a flipped byte"] = whole[: len(whole) // 2] + bytes([whole[len(whole) // 2] ^ 0xFF]) + whole[len(whole) // 2 + 1 :]
+    return files
+
+
+def jpeg_file(image: Image.Image, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", **options)
+    return out.getvalue()
+
+
+def test_jpegs_decode_through_libjpeg_turbo_as_pillow_decodes_them(monkeypatch):
+    """decode_image hands RGB and gray JPEGs to libjpeg-turbo straight into numpy (simplejpeg): the
+    same pixels, and the same error, as Pillow's own decode of each layout; CMYK and files it warns
+    about go to Pillow."""
+    files = _jpeg_layouts()
+    outcomes = {}
+    for name, data in files.items():
+        for path in ("turbo", "pillow"):
+            if path == "pillow":
+                monkeypatch.setattr(images, "_decode_jpeg", lambda img, data: None)
+            try:
+                outcomes[name, path] = decode_image(data, upright=False).pixels
+            except ImageError as exc:
+                outcomes[name, path] = str(exc)
+            monkeypatch.undo()
+        turbo, pillow = outcomes[name, "turbo"], outcomes[name, "pillow"]
+        assert type(turbo) is type(pillow) and (np.array_equal(turbo, pillow) if isinstance(turbo, np.ndarray) else turbo == pillow), name
+    assert all(isinstance(outcomes[name, "turbo"], str) for name in ("truncated", "no EOI")), "Pillow's error for a cut-off file"
+    taken = {name for name, data in files.items() if images._decode_jpeg(Image.open(io.BytesIO(data)), data) is not None}
+    assert taken == set(files) - {"(256, 192) cmyk", "(101, 37) cmyk", "(7, 9) cmyk", "truncated", "no EOI"}, taken
+
+
+def test_jpeg_outputs_are_the_bytes_pillows_encoder_writes(monkeypatch):
+    """The encoder's image data (after its own header segments, which the input's replace) is what
+    Pillow's writes at the same quality and 4:4:4: outputs are the files they were; and where
+    simplejpeg cannot be imported, Pillow writes them."""
+    from carray.metadata import _after_app_segments
+
+    for pixels in (np.asarray(Image.open(DATA / "LIVE1_color" / "monarch.png").convert("RGB")), smooth_image(37, 101)):
+        ours = images._encode_jpeg(pixels, 98)
+        pillows = jpeg_file(Image.fromarray(pixels), quality=98, subsampling=0)
+        assert ours[_after_app_segments(ours):] == pillows[_after_app_segments(pillows):]
+        monkeypatch.setattr(images, "simplejpeg", None)
+        assert images._encode_jpeg(pixels, 98) == pillows
+        assert images._decode_jpeg(Image.open(io.BytesIO(pillows)), pillows) is None
+        monkeypatch.undo()

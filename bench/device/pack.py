@@ -18,7 +18,7 @@ back, each carrying one folder:
     python bench/device/pack.py                  # both calls' folders, from ../shared/data and the registry
 
 Checks made while packing (any failure exits non-zero): every carried wheel is tagged cp312
-manylinux x86_64 or pure Python; `pip install --dry-run` of ray[data,train] for Python 3.12 resolves,
+manylinux x86_64 or pure Python; `pip install --dry-run` of ray[data,train] and simplejpeg for Python 3.12 resolves,
 and what it resolves is carried unless the device's image has it (DEVICE_PACKAGES, from the device
 tool's package list); each folder fits the call's budget beside the tracked files. That the jobs
 import nothing TRIMMED is checked by the call's rehearsal in `make test` (tests/test_device.py),
@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 CARRY = REPO / ".device"
 SHARED = REPO.parent / "shared" / "data"
 RAY = "ray[data,train]==2.60.0"
+#: What the jobs import beyond Ray that the device's image may lack (pyproject.toml's dependencies).
+REQUIREMENTS = (RAY, "simplejpeg==1.9.0")
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux1_x86_64"]
 #: Subpackages of Ray that the jobs never load: Java, RLlib, Serve, LLM serving, the dashboard's web UI.
@@ -88,13 +90,13 @@ def budget() -> int:
 
 
 def resolve_for_device() -> list[dict]:
-    """pip's resolution of ray[data,train] for CPython 3.12 on manylinux x86_64 (a dry run: the
+    """pip's resolution of REQUIREMENTS for CPython 3.12 on manylinux x86_64 (a dry run: the
     check that the set resolves), as [{name, version, url}]."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report),
                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--target", str(Path(tmp) / "t"),
-                   *[arg for p in PLATFORMS for arg in ("--platform", p)], RAY]
+                   *[arg for p in PLATFORMS for arg in ("--platform", p)], *REQUIREMENTS]
         subprocess.run(command, check=True)
         items = json.loads(report.read_text())["install"]
     return [{"name": normalize(i["metadata"]["name"]), "version": i["metadata"]["version"], "url": i["download_info"]["url"]} for i in items]
@@ -120,7 +122,7 @@ def download(names: list[str], folder: Path) -> list[Path]:
 def pack_ray(out: Path) -> dict:
     resolved = resolve_for_device()
     carried = [r for r in resolved if r["name"] not in DEVICE_PACKAGES]
-    print(f"pack: {RAY} resolves for Python 3.12 to {len(resolved)} packages; the device lacks {len(carried)}: "
+    print(f"pack: {' '.join(REQUIREMENTS)} resolve for Python 3.12 to {len(resolved)} packages; the device lacks {len(carried)}: "
           + ", ".join(f"{r['name']}=={r['version']}" for r in carried))
     with tempfile.TemporaryDirectory() as tmp:
         wheels = download([f"{r['name']}=={r['version']}" for r in carried], Path(tmp) / "wheels")
@@ -141,7 +143,7 @@ def pack_ray(out: Path) -> dict:
         # Executable bits kept: raylet and gcs_server are started as programs.
         with tarfile.open(archive, "w:xz", preset=9) as tar:
             tar.add(site, arcname="site")
-    manifest = {"requirement": RAY, "python": "3.12", "carried": carried, "trimmed": list(TRIMMED),
+    manifest = {"requirements": list(REQUIREMENTS), "python": "3.12", "carried": carried, "trimmed": list(TRIMMED),
                 "trimmed_bytes": trimmed, "archive_bytes": archive.stat().st_size, "wheels": [w.name for w in wheels]}
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     return manifest

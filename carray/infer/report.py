@@ -96,7 +96,7 @@ def build_summary(cfg, totals: dict, listed_skips: dict, failed: int, started: f
         "restoring_actors": networks["actors"], "gpus": networks["gpus"], "cpus": networks["cpus"],
         "megapixels_per_second_per_gpu": round(rate / networks["gpus"], 6) if networks["gpus"] else None,
         "megapixels_per_second_per_cpu": round(rate / networks["cpus"], 6) if networks["cpus"] else None,
-        # CPU seconds of the restoring actors by step (decode, restore, encode_write): which one limits.
+        # CPU seconds of the restoring actors by step (decode, restore, encode, write): which one limits.
         "actor_cpu_seconds": networks.get("actor_cpu") or {},
         "driver_peak_rss_mb": round(driver_peak_rss_mb(), 1), "model": cfg.model or "shipped", "model_sha256": model_digests(files),
         "carray_version": __version__, "config": asdict(cfg),

@@ -14,11 +14,11 @@ from .layout import Locations
 from .memory import TRIM_ABOVE_PIXELS, keep_freed_memory, release_free_memory
 from .packs import IMAGE_TYPES, PACK_PIXELS, WHOLE, empty_row, in_groups, to_packs, unpack, weight
 from .restoring import RowRestorer, needs_restoring
-from .write import encode_and_write
+from .write import encode_row, write_output
 
 # The actors' CPU time by step (thread time: calls may run at once), summed by the tracker into the
 # summary's actor_cpu_seconds: where a node's CPUs go (docs/benchmarks.md, the ceiling).
-CPU_STEPS = ("decode", "restore", "encode_write")
+CPU_STEPS = ("decode", "restore", "encode", "write")
 KILLED = "killed while restoring, {} times (out of memory? lower --tile or --max-pixels)"
 # --tile-batch 0 on a GPU: tile windows per forward pass (a few hundred MB of activations for 576x576
 # gray windows at the shipped width). CPUs get 1: one forward at a time measured faster there.
@@ -84,16 +84,20 @@ class Restorer(RowRestorer):
             with self.network:
                 restoring = time.thread_time()
                 self.restore(decoded)
-                encoding = time.thread_time()
+                spent["restore"] += time.thread_time() - restoring
+            spent["decode"] += restoring - started
             for row in decoded:
                 if row["tile"] == WHOLE and not row["error"]:
-                    self._write(row)
-            for step, seconds in zip(CPU_STEPS, (restoring - started, encoding - restoring, time.thread_time() - encoding)):
-                spent[step] += seconds
+                    self._write(row, spent)
         return spent
 
-    def _write(self, row: dict) -> None:
-        out = encode_and_write(row, fmt=self.fmt, quality=self.quality, where=self.where)
+    def _write(self, row: dict, spent: dict) -> None:
+        started = time.thread_time()
+        out = encode_row(row, fmt=self.fmt, quality=self.quality)
+        encoded = time.thread_time()
+        out = write_output(out, where=self.where)
+        spent["encode"] += encoded - started
+        spent["write"] += time.thread_time() - encoded
         row.update(error=out["error"], notes=out["notes"], pixels=b"", alpha=b"", written=not out["error"])
 
     def _finish_counted(self, rows: list[dict]) -> dict:

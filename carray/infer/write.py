@@ -55,7 +55,11 @@ def encode_and_write(row: dict, *, fmt: str, quality: int, where: Locations, tra
         row, image = _store_tile(row, where=where, tracker=tracker)
         if image is None:
             return row
-    out = encode_row(row, fmt=fmt, quality=quality, image=image)
+    return write_output(encode_row(row, fmt=fmt, quality=quality, image=image), where=where)
+
+
+def write_output(out: dict, *, where: Locations) -> dict:
+    """An encoded row's output file written (its error says why not); hands on the row without its bytes."""
     if not (out["error"] or out["skipped"] or out["passed"]):
         try:
             storage.write_bytes_atomic(where.dst_fs, where.output_path(out["output"]), out["data"])
