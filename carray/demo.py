@@ -99,4 +99,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from .console import filter_ray_notices
+
+    filter_ray_notices()  # Ray's C++ notices about itself stay in Ray's logs (carray/console.py)
     sys.exit(main())
