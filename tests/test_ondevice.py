@@ -54,3 +54,20 @@ def test_batches_group_by_model_and_shape(networks):
     out = restore_in_batches(items, CPU, batch=8)
     for (model, pixels, quality), restored in zip(items, out):
         assert np.abs(restored.astype(int) - host_path(model, pixels, 512, quality)).max() <= 1
+
+
+def test_floats_become_uint8_rounded_to_nearest_and_clamped():
+    """_to_uint8's one-pass rounding (adding 1.5 * 2**23): every grey level's own float comes back
+    exactly, halves go to even as round() sends them, the out-of-range clamp, and arbitrary floats land
+    on the nearest level (the product rounded once, so within one level of rounding it twice)."""
+    from carray.ondevice import _to_uint8
+
+    levels = torch.arange(256, dtype=torch.float32)
+    assert torch.equal(_to_uint8(levels / 255, 255), levels.to(torch.uint8))
+    assert _to_uint8(torch.tensor([0.5, 1.5, 2.5, 254.5, -3.0, 300.0, 255.49])).tolist() == [0, 2, 2, 254, 0, 255, 255]
+    x = torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2
+    expected = np.clip(np.rint(x.double().numpy() * 255), 0, 255)
+    into = torch.empty(x.shape, dtype=torch.uint8)
+    got = _to_uint8(x.clone(), 255, into)
+    assert got is into and np.abs(into.numpy().astype(float) - expected).max() <= 1
+    assert (into.numpy() != expected).mean() < 1e-3
