@@ -59,6 +59,7 @@ class CpuByStage:
 
     def __enter__(self):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.timeline: list[tuple[float, dict[str, float]]] = []  # (wall time, seconds so far) at each sample
         self.last = self._sample()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -80,6 +81,21 @@ class CpuByStage:
                 charged = earlier if "ray::IDLE" in title else title
                 self.seconds[stage_of(charged, self.driver, pid)] += (ticks - before) / TICK
         self.last = now
+        self.timeline.append((time.time(), dict(self.seconds)))
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by stage from wall time `start` to `end` (the samples at or before each; the
+        sampler's own CPU taken from the driver's in proportion)."""
+        def at(t: float) -> dict[str, float]:
+            return next((seconds for when, seconds in reversed(self.timeline) if when <= t), {})
+
+        first, last = at(start), at(end)
+        spent = {stage: last.get(stage, 0.0) - first.get(stage, 0.0) for stage in last}
+        driver = stage_of("", self.driver, self.driver)
+        span = self.timeline[-1][0] - self.timeline[0][0] if len(self.timeline) > 1 else 0.0
+        if driver in spent and span:
+            spent[driver] = max(0.0, spent[driver] - self.own * (end - start) / span)
+        return spent
 
     def _run(self) -> None:
         started = time.thread_time()
