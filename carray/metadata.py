@@ -139,12 +139,20 @@ _IN_SCAN = np.zeros(256, bool)
 _IN_SCAN[[0x00, *range(0xD0, 0xD8), 0xFF]] = True
 
 
-def _end_of_scan(data: bytes, pos: int) -> int:
-    """From the start of a scan's entropy-coded data to the marker after it (its last 0xFF)."""
-    scan = np.frombuffer(data, np.uint8)[pos:]
-    ffs = np.flatnonzero(scan[:-1] == 0xFF)
-    ends = ffs[~_IN_SCAN[scan[ffs + 1]]]
-    return pos + int(ends[0]) if len(ends) else len(data)
+def _end_of_scan(data: bytes, pos: int, chunk: int = 1 << 16) -> int:
+    """From the start of a scan's entropy-coded data to the marker after it (its last 0xFF). Looked
+    for in windows that double from `chunk` bytes, so that each of a progressive JPEG's scans costs
+    its own length, not the rest of the file's."""
+    whole = np.frombuffer(data, np.uint8)
+    while pos < len(data) - 1:
+        end = min(len(data), pos + chunk + 1)  # one byte past the window: a 0xFF at its edge sees what follows
+        window = whole[pos:end]
+        ffs = np.flatnonzero(window[:-1] == 0xFF)
+        ends = ffs[~_IN_SCAN[window[ffs + 1]]]
+        if len(ends):
+            return pos + int(ends[0])
+        pos, chunk = end - 1, chunk * 2
+    return len(data)
 
 
 def wrap(encoded: bytes, envelope: Envelope) -> tuple[bytes, list[str]]:

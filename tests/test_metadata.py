@@ -247,8 +247,8 @@ def test_keys_that_leave_the_input_are_never_read_or_written(tmp_path, model_fil
     assert not (tmp_path / "secret.jpg.jpg").exists()
 
 
-@given(st.lists(st.sampled_from([0x00, 0xFF, 0xD0, 0xD7, 0xD9, 0xC4, 0x05]), max_size=24), st.integers(0, 24))
-def test_the_end_of_a_scan_is_the_first_ff_that_starts_a_marker(values, pos):
+@given(st.lists(st.sampled_from([0x00, 0xFF, 0xD0, 0xD7, 0xD9, 0xC4, 0x05]), max_size=24), st.integers(0, 24), st.sampled_from([1, 2, 3, 1 << 16]))
+def test_the_end_of_a_scan_is_the_first_ff_that_starts_a_marker(values, pos, chunk):
     """In entropy-coded data 0xFF 0x00 is a stuffed byte, 0xFF 0xD0-0xD7 a restart, 0xFF 0xFF fill;
     the scan ends at the 0xFF before any other byte (its last 0xFF), or at the end of the data."""
     from carray.metadata import _end_of_scan
@@ -256,4 +256,4 @@ def test_the_end_of_a_scan_is_the_first_ff_that_starts_a_marker(values, pos):
     data = bytes(values)
     pos = min(pos, len(data))
     expected = next((i for i in range(pos, len(data) - 1) if data[i] == 0xFF and data[i + 1] not in (0x00, *range(0xD0, 0xD8), 0xFF)), len(data))
-    assert _end_of_scan(data, pos) == expected
+    assert _end_of_scan(data, pos, chunk) == expected  # windows of every size, edges included
