@@ -374,13 +374,15 @@ def object_store_bytes() -> dict[str, int]:
     return found
 
 
-def steady_window(out: Path, cpu, megapixels_per_photo: float, low: float = 0.25, high: float = 0.9) -> float:
-    """CPU core-seconds per MP inside one run: every process's CPU between the times its outputs at
-    the `low` and `high` quantiles were written (start-up before, the last packs' tail after) over
-    the megapixels written in between. One run, so it is not the difference of two noisy ones."""
+def steady_window(out: Path, cpu, megapixels_per_photo: float, low: float = 0.25, high: float = 0.9) -> dict[str, float]:
+    """CPU core-seconds per MP inside one run, by kind of process: every process's CPU between the
+    times its outputs at the `low` and `high` quantiles were written (start-up before, the last
+    packs' tail after) over the megapixels written in between. One run, so it is not the difference
+    of two noisy ones."""
     times = sorted(path.stat().st_mtime for path in out.glob("*.jpg"))
     first, last = int(len(times) * low), int(len(times) * high)
-    return sum(cpu.between(times[first], times[last]).values()) / ((last - first) * megapixels_per_photo)
+    megapixels = (last - first) * megapixels_per_photo
+    return {stage: seconds / megapixels for stage, seconds in cpu.between(times[first], times[last]).items()}
 
 
 def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_size: int = 0) -> dict:
@@ -422,7 +424,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         used = sum(cpu.seconds.values())
         marginal = (used - sum(cpu_half.seconds.values())) / extra_mp  # core-seconds per MP
         per_core = 1 / marginal
-        within = steady_window(tmp / f"ceiling-{fmt}", cpu, megapixels / count) if fmt == "jpeg" else None
+        within_stages = steady_window(tmp / f"ceiling-{fmt}", cpu, megapixels / count) if fmt == "jpeg" else {}
+        within = sum(within_stages.values()) or None
         wall_rate = extra_mp / (summary["seconds"] - first["seconds"])
         pillow = (loop["pillow_mp_per_s"] + again["pillow_mp_per_s"]) / 2
         carray_loop = (loop["carray_mp_per_s"] + again["carray_mp_per_s"]) / 2
@@ -445,6 +448,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         if within:
             print(f"    within the run of all {count} (between its 25th and 90th percentile outputs' times): {within * 1e3:.2f} ms of CPU per MP "
                   f"= {1 / within:.1f} MP/s per core = {1 / within / pillow:.2f}x Pillow alone")
+            print("      by kind of process: " + ", ".join(f"{stage} {seconds * 1e3:.2f}"
+                                                       for stage, seconds in sorted(within_stages.items(), key=lambda kv: -kv[1])) + " ms per MP")
         print(f"    the loops write nothing; Pillow alone + writing each output as a new file ({write * 1e3:.2f} ms per MP here): "
               f"{1 / (1 / pillow + write):.1f} MP/s = the job at {per_core * (1 / pillow + write):.2f}x")
         if network:
@@ -461,7 +466,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
               + (", ".join(f"{op} {b / summary['megapixels'] / 1e6:.3f} MB" for op, b in stored.items() if b) or "none"))
         results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop, "turbo_mp_per_s_per_core": turbo,
                         "loop_write_core_ms_per_mp": write * 1e3, "within_run_core_ms_per_mp": within and within * 1e3,
-                        "within_run_ratio_to_pillow": within and 1 / within / pillow, "ratio_to_turbo": per_core / turbo if turbo else None,
+                        "within_run_ratio_to_pillow": within and 1 / within / pillow,
+                        "within_run_stage_core_ms_per_mp": {k: v * 1e3 for k, v in within_stages.items()}, "ratio_to_turbo": per_core / turbo if turbo else None,
                         "ratio_to_pillow_and_write": per_core * (1 / pillow + write),
                         "loop_core_ms_per_mp": loop["core_ms_per_mp"],
                         "job_mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "half_seconds": first["seconds"],

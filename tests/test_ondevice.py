@@ -71,3 +71,21 @@ def test_floats_become_uint8_rounded_to_nearest_and_clamped():
     got = _to_uint8(x.clone(), 255, into)
     assert got is into and np.abs(into.numpy().astype(float) - expected).max() <= 1
     assert (into.numpy() != expected).mean() < 1e-3
+
+
+def test_unit_floats_are_the_levels_divided_by_255_in_the_inputs_layout():
+    """_to_unit_floats (convert, then divide in place) gives exactly the floats of `x / 255` for every
+    level, gray and RGB, and keeps an RGB image's (h, w, 3) layout, so the planes the network sees are
+    channels_last views (no copy before the forward)."""
+    from carray.ondevice import _to_unit_floats, to_planes
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(_to_unit_floats(levels), levels / 255)
+    rgb = torch.randint(0, 256, (2, 40, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    window = rgb[:, 3:35, 5:21]  # a window cut from a larger image: not contiguous
+    colour = build_model("fast-arcnn", channels=3)
+    planes = to_planes(colour, window)
+    assert torch.equal(planes, window.permute(0, 3, 1, 2) / 255)
+    assert planes.is_contiguous(memory_format=torch.channels_last)
+    gray = build_model("fast-arcnn", channels=1)
+    assert torch.equal(to_planes(gray, rgb[..., 0]), rgb[..., 0][:, None] / 255)
