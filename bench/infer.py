@@ -358,6 +358,31 @@ def codec_loop(paths: list[Path], fmt: str, out: Path) -> dict:
             "core_ms_per_mp": {k: v / megapixels * 1e3 for k, v in steps.items() if v or not k.startswith("turbo")}}
 
 
+def parallel_codec_loop(paths: list[Path], fmt: str, out: Path, processes: int) -> dict:
+    """codec_loop in `processes` processes at once, each on its share of the photos: the codecs'
+    pace per core when every core is busy, as the job's are (on this VM two busy vCPUs run slower
+    than one: the loops alone measure an idle neighbour). MP/s per core of each loop."""
+    import multiprocessing
+
+    shares = [paths[i::processes] for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        runs = pool.starmap(codec_loop, [(share, fmt, out / str(i)) for i, share in enumerate(shares)])
+    megapixels = [sum(_megapixels(path) for path in share) for share in shares]
+
+    def per_core(key: str) -> float | None:
+        if not runs[0][key]:
+            return None
+        return sum(megapixels) / sum(mp / run[key] for mp, run in zip(megapixels, runs))
+
+    return {"pillow_mp_per_s": per_core("pillow_mp_per_s"), "turbo_mp_per_s": per_core("turbo_mp_per_s"),
+            "carray_mp_per_s": per_core("carray_mp_per_s"), "processes": processes}
+
+
+def _megapixels(path: Path) -> float:
+    with Image.open(path) as image:
+        return image.width * image.height / 1e6
+
+
 def object_store_bytes() -> dict[str, int]:
     """Bytes each operator of the last finished Ray Data run put in the object store: its
     `bytes_task_outputs_generated`, from the metrics Ray Data logs as each operator completes, in
@@ -408,6 +433,7 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     results = {"photos": count, "megapixels": megapixels}
     for fmt in formats:
         loop = codec_loop(paths, fmt, tmp / "loop-out")
+        busy = parallel_codec_loop(paths, fmt, tmp / "loop-out", cpus)
         job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt)  # starts the workers a longer run uses
         with CpuByStage() as cpu_half:
             first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt)
@@ -438,6 +464,9 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
               + (f"libjpeg-turbo alone (simplejpeg) {loop['turbo_mp_per_s']:.1f} / {again['turbo_mp_per_s']:.1f} MP/s; " if turbo else "")
               + f"through carray.images {loop['carray_mp_per_s']:.1f} / {again['carray_mp_per_s']:.1f} MP/s")
         print("    ms per MP: " + ", ".join(f"{k} {v:.2f}" for k, v in loop["core_ms_per_mp"].items()))
+        print(f"  the same loops in {cpus} processes at once (every core busy, as in the job): Pillow alone {busy['pillow_mp_per_s']:.1f}"
+              + (f", libjpeg-turbo alone {busy['turbo_mp_per_s']:.1f}" if busy["turbo_mp_per_s"] else "")
+              + f", through carray.images {busy['carray_mp_per_s']:.1f} MP/s per core")
         print(f"  job: all {count} photos {summary['megapixels_per_second']:.1f} MP/s in {summary['seconds']:.1f} s (first output after "
               f"{summary['seconds_to_first_output']:.1f} s); the first {count // 2} in {first['seconds']:.1f} s")
         print(f"  steady state (what the second {count - count // 2} photos added): {marginal * 1e3:.2f} ms of CPU per MP = "
@@ -447,7 +476,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
             print(f"    = {per_core / turbo:.2f}x libjpeg-turbo alone (the job's own codec calls)")
         if within:
             print(f"    within the run of all {count} (between its 25th and 90th percentile outputs' times): {within * 1e3:.2f} ms of CPU per MP "
-                  f"= {1 / within:.1f} MP/s per core = {1 / within / pillow:.2f}x Pillow alone")
+                  f"= {1 / within:.1f} MP/s per core = {1 / within / pillow:.2f}x Pillow alone; "
+                  f"{1 / within / busy['pillow_mp_per_s']:.2f}x Pillow alone with every core busy")
             print("      by kind of process: " + ", ".join(f"{stage} {seconds * 1e3:.2f}"
                                                        for stage, seconds in sorted(within_stages.items(), key=lambda kv: -kv[1])) + " ms per MP")
         print(f"    the loops write nothing; Pillow alone + writing each output as a new file ({write * 1e3:.2f} ms per MP here): "
@@ -467,7 +497,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop, "turbo_mp_per_s_per_core": turbo,
                         "loop_write_core_ms_per_mp": write * 1e3, "within_run_core_ms_per_mp": within and within * 1e3,
                         "within_run_ratio_to_pillow": within and 1 / within / pillow,
-                        "within_run_stage_core_ms_per_mp": {k: v * 1e3 for k, v in within_stages.items()}, "ratio_to_turbo": per_core / turbo if turbo else None,
+                        "within_run_stage_core_ms_per_mp": {k: v * 1e3 for k, v in within_stages.items()},
+                        "busy_loops_mp_per_s_per_core": busy, "within_run_ratio_to_busy_pillow": within and 1 / within / busy["pillow_mp_per_s"], "ratio_to_turbo": per_core / turbo if turbo else None,
                         "ratio_to_pillow_and_write": per_core * (1 / pillow + write),
                         "loop_core_ms_per_mp": loop["core_ms_per_mp"],
                         "job_mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "half_seconds": first["seconds"],
