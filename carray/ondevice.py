@@ -78,8 +78,9 @@ def to_planes(model, x: torch.Tensor) -> torch.Tensor:
 
 def _to_unit_floats(x: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 / 255, in x's own layout. Two plain passes (convert, divide in place): the
-    same floats as `x / 255`, which converts and divides element by element, at a third of its
-    cost on a CPU (0.4 against 0.9 ms per MP of RGB, more when x is a permuted view)."""
+    same floats as `x / 255`, which converts and divides element by element: on a CPU 0.36 against
+    0.45 ms per MP of RGB, and 0.92 where the division ran on the (n, 3, h, w) view of an RGB
+    window (docs/benchmarks.md, session 17)."""
     return x.to(torch.float32).div_(255)
 
 
