@@ -30,8 +30,8 @@ def test_both_calls_run_at_toy_size_and_become_docs(tmp_path):
     assert [r["batch"] for r in network["rows"]] == [1, 2] and all(r["mp_per_s"] > 0 for r in network["rows"])
     assert {v["variant"] for v in network["variants"]} == {"contiguous", "graphs"}, "each variant measured or its reason kept"
     infer = json.loads((out / "infer.json").read_text())
-    assert [r["restored"] for r in infer["runs"]] == [3, 3] and all(r["exit"] == 0 for r in infer["runs"]), infer
-    assert "--tile-batch" in infer["runs"][1]["label"], "the second run takes step b's best setting"
+    assert [r["restored"] for r in infer["runs"]] == [3] and all(r["exit"] == 0 for r in infer["runs"]), infer
+    assert "--tile-batch" in infer["runs"][0]["label"], "the toy runs the job with step b's best setting"
     train = json.loads((out / "train.json").read_text())
     assert (train["prep_exit"], train["train_exit"]) == (0, 0), (out / "log.txt").read_text()[-3000:]
     assert (out / "model.pt").stat().st_size > 0 and (out / "metrics.csv").read_text().startswith("step,")
@@ -40,6 +40,7 @@ def test_both_calls_run_at_toy_size_and_become_docs(tmp_path):
     second = run_call(2, out)
     assert second.returncode == 0, second.stdout[-3000:]
     assert "training from " + str(out / "work" / "train-1" / "model.pt") in (out / "log.txt").read_text(), "call 2 continues call 1's model"
+    assert "prep: the pairs of prep-1 reused" in (out / "log.txt").read_text(), "the toy's call 2 has call 1's very images"
     assert json.loads((out / "train-2.json").read_text())["train_exit"] == 0 and (out / "model-2.pt").is_file()
     assert "(stopped by --time-limit)" in (out / "log.txt").read_text(), "call 2's toy ends by train --time-limit, with its model"
 

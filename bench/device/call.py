@@ -19,7 +19,8 @@ Call 2 (optional, if device time is left: `run.sh 2`, carrying `.device/call2`: 
 from call 1's model with every carried image. log.txt holds every step's output.
 
 --toy runs the same steps at toy sizes on this CPU with the project's own environment (tests/test_device.py,
-in `make test`), so the call cannot rot between lent machines; the toy run also blocks the packages
+in `make test`), so the call cannot rot between lent machines (step c's second job only, and call 2 on call 1's
+pairs: the images are the same); the toy run also blocks the packages
 pack.py trims from Ray (bench/device/blocked/), so a job that needs one fails here, not there.
 """
 from __future__ import annotations
@@ -260,6 +261,8 @@ def infer(call: Call, sources: list[Path], setting: dict, network_figures: dict)
     if setting:
         runs.append((f"--precision {setting['precision']} --tile-batch {setting['tile_batch']} (best of step b)",
                      ["--precision", setting["precision"], "--tile-batch", str(setting["tile_batch"])]))
+    if call.toy:  # the second run's command is the first's with step b's flags: at toy size it alone (each job's start is 13 s here)
+        runs = runs[-1:]
     for label, options in runs:
         out = call.work / f"infer-{len(result['runs'])}"
         shutil.rmtree(out, ignore_errors=True)
@@ -291,10 +294,18 @@ def train(call: Call, sources: list[Path], name: str, init: Path, seconds: float
     images.mkdir(parents=True)
     for path in sources:
         (images / f"{path.parent.name}-{path.name}").symlink_to(path.resolve())
-    shutil.rmtree(prep, ignore_errors=True)
-    code = call.run([sys.executable, "jobs/prep.py", "--input", str(images), "--output", str(prep), "--color",
-                     "--quality", "10", "20", "30", "40", "50-100", "--range-samples", "2", "--double", "10-95", "--vary-chroma", "0.5",
-                     "--patch-size", str(s["patch"]), "--stride", str(s["patch"]), "--split", s["split"]], seconds / 3)
+    listing = "\n".join(sorted(str(path.resolve()) for path in sources))
+    earlier = [p for p in sorted(call.work.glob("prep-*.sources")) if p.read_text() == listing and p.with_suffix("").is_dir()]
+    if earlier:  # call 2 on the very images of call 1 (the toy's): its pairs as they are
+        prep, code = earlier[0].with_suffix(""), 0
+        call.say(f"prep: the pairs of {prep.name} reused (the same {len(sources)} sources)")
+    else:
+        shutil.rmtree(prep, ignore_errors=True)
+        code = call.run([sys.executable, "jobs/prep.py", "--input", str(images), "--output", str(prep), "--color",
+                         "--quality", "10", "20", "30", "40", "50-100", "--range-samples", "2", "--double", "10-95", "--vary-chroma", "0.5",
+                         "--patch-size", str(s["patch"]), "--stride", str(s["patch"]), "--split", s["split"]], seconds / 3)
+        if code == 0:
+            prep.with_suffix(".sources").write_text(listing)
     result = {"sources": len(sources), "prep_exit": code, "prep_s": round(time.monotonic() - started, 1)}
     if code:
         call.write(f"train-{name}.json" if name != "1" else "train.json", result)
