@@ -24,6 +24,9 @@ _RAY_TMPDIR = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray's socket
 os.makedirs(os.path.join(_RAY_TMPDIR, "ray"), exist_ok=True)
 os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's controller looks at its workers every 2 s by default, so a run's start, its end and a
+# dead worker are each seen up to 2 s late; the suite runs a dozen short trainings (7 s less on three of them).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.pop("RAY_ADDRESS", None)
 
 
