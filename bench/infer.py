@@ -353,34 +353,28 @@ def codec_loop(paths: list[Path], fmt: str, out: Path) -> dict:
     pillow = steps["pillow decode"] + steps["pillow encode"]
     carray = steps["read"] + steps["header"] + steps["decode"] + steps["encode"]
     turbo_seconds = steps["turbo decode"] + steps["turbo encode"]
-    return {"pillow_mp_per_s": megapixels / pillow, "carray_mp_per_s": megapixels / carray,
+    return {"megapixels": megapixels, "pillow_mp_per_s": megapixels / pillow, "carray_mp_per_s": megapixels / carray,
             "turbo_mp_per_s": megapixels / turbo_seconds if turbo else None,
             "core_ms_per_mp": {k: v / megapixels * 1e3 for k, v in steps.items() if v or not k.startswith("turbo")}}
 
 
 def parallel_codec_loop(paths: list[Path], fmt: str, out: Path, processes: int) -> dict:
     """codec_loop in `processes` processes at once, each on its share of the photos: the codecs'
-    pace per core when every core is busy, as the job's are (on this VM two busy vCPUs run slower
-    than one: the loops alone measure an idle neighbour). MP/s per core of each loop."""
+    pace per core with every core busy, as the job's are (codec_loop alone leaves the others idle).
+    MP/s per core of each loop."""
     import multiprocessing
 
     shares = [paths[i::processes] for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         runs = pool.starmap(codec_loop, [(share, fmt, out / str(i)) for i, share in enumerate(shares)])
-    megapixels = [sum(_megapixels(path) for path in share) for share in shares]
 
     def per_core(key: str) -> float | None:
         if not runs[0][key]:
             return None
-        return sum(megapixels) / sum(mp / run[key] for mp, run in zip(megapixels, runs))
+        return sum(run["megapixels"] for run in runs) / sum(run["megapixels"] / run[key] for run in runs)
 
     return {"pillow_mp_per_s": per_core("pillow_mp_per_s"), "turbo_mp_per_s": per_core("turbo_mp_per_s"),
             "carray_mp_per_s": per_core("carray_mp_per_s"), "processes": processes}
-
-
-def _megapixels(path: Path) -> float:
-    with Image.open(path) as image:
-        return image.width * image.height / 1e6
 
 
 def object_store_bytes() -> dict[str, int]:
@@ -498,7 +492,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
                         "loop_write_core_ms_per_mp": write * 1e3, "within_run_core_ms_per_mp": within and within * 1e3,
                         "within_run_ratio_to_pillow": within and 1 / within / pillow,
                         "within_run_stage_core_ms_per_mp": {k: v * 1e3 for k, v in within_stages.items()},
-                        "busy_loops_mp_per_s_per_core": busy, "within_run_ratio_to_busy_pillow": within and 1 / within / busy["pillow_mp_per_s"], "ratio_to_turbo": per_core / turbo if turbo else None,
+                        "busy_loops_mp_per_s_per_core": busy, "within_run_ratio_to_busy_pillow": within and 1 / within / busy["pillow_mp_per_s"],
+                        "ratio_to_turbo": per_core / turbo if turbo else None,
                         "ratio_to_pillow_and_write": per_core * (1 / pillow + write),
                         "loop_core_ms_per_mp": loop["core_ms_per_mp"],
                         "job_mp_per_s": summary["megapixels_per_second"], "seconds": summary["seconds"], "half_seconds": first["seconds"],
