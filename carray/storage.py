@@ -55,7 +55,11 @@ class S3Options:
         secret = self.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
         token = self.session_token or (None if self.access_key else os.environ.get("AWS_SESSION_TOKEN"))
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        kwargs = {"allow_bucket_creation": self.create_bucket, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2 if probe else 10)}
+        kwargs = {"allow_bucket_creation": self.create_bucket, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2 if probe else 10),
+                  # An output stream opened at its first write, not at open: an object under 10 MB (a
+                  # restored photo, a Parquet part) is then one PutObject where pyarrow otherwise makes a
+                  # multipart upload of it (create, one part, complete): 3 requests, and 3 round trips.
+                  "allow_delayed_open": True}
         if probe:
             kwargs.update(connect_timeout=3, request_timeout=10)
         if endpoint:

@@ -21,6 +21,17 @@ def test_an_interrupted_s3_write_publishes_nothing(bucket):
     assert fs.open_input_stream(f"{name}/out/whole.bin").read() == b"b" * 10
 
 
+def test_an_output_under_10_mb_is_one_put_request(s3_server, bucket):
+    """What a bucket bills per output: one PUT, not a multipart upload's POST, PUT, POST."""
+    options, name = bucket
+    fs = options.filesystem()
+    before = s3_server.requests()
+    storage.write_bytes_atomic(fs, f"{name}/photo.jpg", b"j" * 300_000)
+    after = s3_server.requests()
+    assert {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)} == {"PUT": 1}
+    assert fs.open_input_stream(f"{name}/photo.jpg").read() == b"j" * 300_000
+
+
 def test_a_missing_output_bucket_is_an_error_unless_asked_to_create_it(s3_server, tmp_path, monkeypatch, capsys):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
