@@ -105,6 +105,23 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def files_exist(fs: pafs.FileSystem, paths: list[str]) -> list[bool]:
+    """Whether each path is a file. On an object store one HEAD request per path: get_file_info asks
+    about a missing key twice (HEAD, then a LIST to see whether it is a folder), and a LIST bills
+    12.5x a HEAD. A folder is not a file."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return [info.type == pafs.FileType.File for info in fs.get_file_info(paths)]
+    return [_is_object(fs, path) for path in paths]
+
+
+def _is_object(fs: pafs.FileSystem, path: str) -> bool:
+    try:
+        fs.open_input_file(path).close()  # a HEAD: opening reads the size, not the bytes
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def list_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str]) -> list[str]:
     """Paths of the files under `root` (recursively) whose extension is in `extensions`,
     relative to `root`, sorted. Names starting with '.' or '_' (ours and hidden ones) are skipped.

@@ -32,6 +32,23 @@ def test_an_output_under_10_mb_is_one_put_request(s3_server, bucket):
     assert fs.open_input_stream(f"{name}/photo.jpg").read() == b"j" * 300_000
 
 
+def test_whether_outputs_exist_costs_one_head_each_and_no_listing(s3_server, bucket, tmp_path):
+    """The planning's "already done?" on a bucket: one HEAD per name (get_file_info adds a LIST for
+    every missing key, to see whether it is a folder; LISTs bill 12.5x a HEAD)."""
+    options, name = bucket
+    fs = options.filesystem()
+    storage.write_bytes_atomic(fs, f"{name}/d/a.jpg", b"a")
+    paths = [f"{name}/d/a.jpg", f"{name}/d/missing.jpg", f"{name}/d"]
+    before = s3_server.requests()
+    assert storage.files_exist(fs, paths) == [True, False, False]
+    after = s3_server.requests()
+    assert {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)} == {"GET": 3}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jpg").write_bytes(b"a")
+    local = pafs.LocalFileSystem()
+    assert storage.files_exist(local, [str(tmp_path / "d" / "a.jpg"), str(tmp_path / "d" / "missing.jpg"), str(tmp_path / "d")]) == [True, False, False]
+
+
 def test_a_missing_output_bucket_is_an_error_unless_asked_to_create_it(s3_server, tmp_path, monkeypatch, capsys):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)

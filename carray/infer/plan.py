@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
+from .. import storage
 from ..images import IMAGE_EXTENSIONS, OUTPUT_FORMATS
 from .layout import Locations
 from .packs import PLAN_TYPES, to_packs
@@ -55,7 +55,7 @@ def leaves_root(relative_path: str) -> bool:
 
 def plan_keys(table: pa.Table, *, fmt: str, where: Locations, overwrite: bool, include_hidden: bool) -> pa.Table:
     """map_batches stage: packs of keys -> packs of (path, output, skipped). "Already done" is
-    decided here, per row, by looking for the row's own output (one metadata call per pack)."""
+    decided here, per row, by looking for the row's own output (on a bucket one HEAD per name)."""
     packs = []
     for keys in table.column("key").to_pylist():
         paths = [str(k) for k in keys]
@@ -64,9 +64,9 @@ def plan_keys(table: pa.Table, *, fmt: str, where: Locations, overwrite: bool, i
         if not overwrite:  # done: restored, or passed through under its own name
             candidates = [i for i, reason in enumerate(skipped) if not reason]
             names = [(i, name) for i in candidates for name in dict.fromkeys((outputs[i], passed_name(paths[i], outputs[i])))]
-            infos = where.dst_fs.get_file_info([where.output_path(name) for _, name in names]) if names else []
-            for (i, _), info in zip(names, infos):
-                if info.type == pafs.FileType.File:
+            found = storage.files_exist(where.dst_fs, [where.output_path(name) for _, name in names]) if names else []
+            for (i, _), done in zip(names, found):
+                if done:
                     skipped[i] = SKIP_EXISTS
         packs.append([{"path": p, "output": o, "skipped": s} for p, o, s in zip(paths, outputs, skipped)])
     return to_packs(packs, PLAN_TYPES)
