@@ -117,7 +117,7 @@ def files_exist(fs: pafs.FileSystem, paths: list[str]) -> list[bool]:
 def _is_object(fs: pafs.FileSystem, path: str) -> bool:
     try:
         fs.open_input_file(path).close()  # a HEAD: opening reads the size, not the bytes
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):  # a missing key; a folder (where a store has folders)
         return False
     return True
 
