@@ -64,7 +64,7 @@ def plan_keys(table: pa.Table, *, fmt: str, where: Locations, overwrite: bool, i
         if not overwrite:  # done: restored, or passed through under its own name
             candidates = [i for i, reason in enumerate(skipped) if not reason]
             names = [(i, name) for i in candidates for name in dict.fromkeys((outputs[i], passed_name(paths[i], outputs[i])))]
-            found = storage.files_exist(where.dst_fs, [where.output_path(name) for _, name in names]) if names else []
+            found = storage.files_exist(where.dst_fs, [where.output_path(name) for _, name in names])
             for (i, _), done in zip(names, found):
                 if done:
                     skipped[i] = SKIP_EXISTS
