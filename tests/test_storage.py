@@ -1,4 +1,6 @@
 """Storage on the real S3 server: writes are all-or-nothing, buckets are never created by accident."""
+import time
+
 import pyarrow.fs as pafs
 import pytest
 
@@ -22,10 +24,17 @@ def test_an_interrupted_s3_write_publishes_nothing(bucket):
 
 
 def requests_made(server, action) -> dict[str, int]:
-    """The S3 requests, by type, the server served while `action` ran."""
+    """The S3 requests, by type, the server served while `action` ran. The server counts a request
+    after answering it: its counters are read until they hold still (a count one short was seen)."""
     before = server.requests()
     action()
-    after = server.requests()
+    after, deadline = server.requests(), time.time() + 5
+    while time.time() < deadline:
+        time.sleep(0.3)
+        again = server.requests()
+        if again == after:
+            break
+        after = again
     return {key: count - before.get(key, 0) for key, count in after.items() if count != before.get(key, 0)}
 
 
