@@ -14,7 +14,8 @@ Cases:
               The job runs the network as users get it (--job-runtime auto: ONNX Runtime fp32 on CPUs),
               the loop with PyTorch (--loop-runtime); both on ONNX Runtime (or both on PyTorch) compare
               the pipelines alone.
-  large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores: MP/s
+  large       one gray JPEG of --large-mp megapixels, cut into tiles that every actor restores
+              (--split-above 16): MP/s
               (ratio to the loop's collection MP/s) and the peak RSS of all processes above idle Ray.
   precision   the large image through the job at --precision int8 and fp32 (ONNX Runtime, the default on
               CPUs), and fp32 on PyTorch (--runtime torch): MP/s and their ratios.
@@ -25,7 +26,8 @@ Cases:
               per output --formats; what a GPU node's CPUs can feed its GPU. Beside it, in the same
               command, a bare loop that reads, decodes and encodes the same photos; the job's steady
               rate (its second half) against it; CPU per MP of each kind of process (bench/stages.py);
-              object-store bytes per input MP (Ray Data's own stats).
+              object-store bytes per input MP (Ray Data's own stats). --ceiling-photos DIR: your own colour
+              JPEGs instead (camera photos, as they are), repeated to --photos.
   listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
               JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the
               seconds from the job's start to its first output.
@@ -228,12 +230,17 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
     return result
 
 
+# The large and precision cases cut their image into tiles, as they always measured (the job's
+# default --split-above, 64 MP since session 19, would restore a 64 MP image whole).
+LARGE_SPLIT_ABOVE = 16.0
+
+
 def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None, tile: int) -> dict:
     make_large_jpeg(tmp / "large" / "scan.jpg", megapixels)
     time.sleep(2)  # let the previous job's workers exit
     idle = tree_memory()
     with PeakMemory() as peak:
-        summary = job(tmp / "large", tmp / "large-out", model_path, tile=tile)
+        summary = job(tmp / "large", tmp / "large-out", model_path, tile=tile, split_above=LARGE_SPLIT_ABOVE)
     above = (peak.peak - idle) / 2**30
     line = (f"large: one {summary['megapixels']:.1f} MP gray JPEG, --tile {tile}: {summary['megapixels_per_second']:.3f} MP/s in {summary['seconds']:.0f} s; "
             f"peak memory (PSS) of all processes {above:.2f} GiB above idle Ray ({idle / 2**30:.2f} GiB)")
@@ -253,7 +260,7 @@ def case_precision(tmp: Path, model_path: str, megapixels: float) -> dict:
     os.environ["CARRAY_CACHE"] = str(tmp / "cache")  # a model of your own: the first int8 run quantizes, the next reads the cache
     runs = (("int8", "int8-first", "auto"), ("fp32", "fp32", "auto"), ("int8", "int8", "auto"), ("fp32", "fp32-torch", "torch"))
     for precision, label, runtime in runs:
-        summary = job(image.parent, tmp / f"precision-{label}", model_path, precision=precision, runtime=runtime)
+        summary = job(image.parent, tmp / f"precision-{label}", model_path, precision=precision, runtime=runtime, split_above=LARGE_SPLIT_ABOVE)
         rates[label] = summary["megapixels_per_second"]
         print(f"precision: {summary['megapixels']:.1f} MP gray JPEG at {label} ({summary['runtime']}): {rates[label]:.3f} MP/s in {summary['seconds']:.0f} s")
     print(f"precision: int8 / fp32 MP/s: {rates['int8'] / rates['fp32']:.2f} (first int8 run: {rates['int8-first'] / rates['fp32']:.2f}; "
@@ -299,6 +306,33 @@ def make_photos(folder: Path, count: int, quality: int = 50, sources: Path = SHA
     for n in range(count):  # each a different arrangement
         (folder / f"photo{n:03d}.jpg").write_bytes(jpeg.compress(mosaic(images, height, width, start=n * 7), quality))
     return count * height * width / 1e6
+
+
+def take_photos(source: Path, folder: Path, count: int) -> tuple[float, dict[str, float]]:
+    """`count` hard links in `folder` to the colour JPEGs in `source` (camera photos the project
+    does not have, used as they are: their sizes, subsampling, metadata), cycled to `count`.
+    Returns the megapixels linked and each link's megapixels by name."""
+    paths = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    sizes = {}
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.load()  # the bare loops decode every photo with Pillow: a truncated one is left out
+                if img.mode == "RGB":
+                    sizes[path] = img.width * img.height / 1e6
+        except OSError as exc:
+            print(f"--ceiling-photos: {path.name} left out ({exc})")
+    if not sizes:
+        raise SystemExit(f"--ceiling-photos {source}: no colour JPEG there")
+    folder.mkdir(parents=True)
+    chosen = list(sizes)
+    by_name = {}
+    for n in range(count):
+        path = chosen[n % len(chosen)]
+        name = f"photo{n:03d}.jpg"
+        os.link(path, folder / name)
+        by_name[name] = sizes[path]
+    return sum(by_name.values()), by_name
 
 
 def codec_loop(paths: list[Path], fmt: str, out: Path) -> dict:
@@ -393,18 +427,20 @@ def object_store_bytes() -> dict[str, int]:
     return found
 
 
-def steady_window(out: Path, cpu, megapixels_per_photo: float, low: float = 0.25, high: float = 0.9) -> dict[str, float]:
+def steady_window(out: Path, cpu, megapixels_by_name: dict[str, float], low: float = 0.25, high: float = 0.9) -> dict[str, float]:
     """CPU core-seconds per MP inside one run, by kind of process: every process's CPU between the
     times its outputs at the `low` and `high` quantiles were written (start-up before, the last
     packs' tail after) over the megapixels written in between. One run, so it is not the difference
     of two noisy ones."""
-    times = sorted(path.stat().st_mtime for path in out.glob("*.jpg"))
+    # Outputs are named input + ".jpg" (photo000.jpg -> photo000.jpg.jpg).
+    written = sorted((path.stat().st_mtime, megapixels_by_name[path.name.removesuffix(".jpg")]) for path in out.glob("*.jpg"))
+    times = [t for t, _ in written]
     first, last = int(len(times) * low), int(len(times) * high)
-    megapixels = (last - first) * megapixels_per_photo
+    megapixels = sum(mp for _, mp in written[first + 1 : last + 1])  # those written after the window opened, up to its end
     return {stage: seconds / megapixels for stage, seconds in cpu.between(times[first], times[last]).items()}
 
 
-def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_size: int = 0) -> dict:
+def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_size: int = 0, source: Path | None = None) -> dict:
     """The job with a network that costs nothing (bench/identity.py), on real-size colour photos:
     MP/s per CPU core of everything else (listing, reading, decoding, the actors' own work, encoding,
     writing) — the rate at which a node's CPUs could feed its GPU — beside the bare codec loop on the
@@ -415,7 +451,13 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     from identity import save_identity_model
     from stages import CpuByStage
 
-    megapixels = make_photos(tmp / "photos", count)
+    if source:
+        megapixels, by_name = take_photos(source, tmp / "photos", count)
+        described = f"{count} colour JPEGs from {source} ({megapixels / count:.1f} MP on average)"
+    else:
+        megapixels = make_photos(tmp / "photos", count)
+        by_name = {f"photo{n:03d}.jpg": megapixels / count for n in range(count)}
+        described = f"{count} colour JPEGs of 9.4 MP (q50)"
     half = tmp / "photos-half"
     half.mkdir()
     paths = sorted((tmp / "photos").glob("*.jpg"))
@@ -425,14 +467,16 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     make_photos(tmp / "photos-warm", 1)  # actors that import torch (the identity network runs on it) start once before the timing
     job(tmp / "photos-warm", tmp / "ceiling-warm", model, runtime="torch")
     results = {"photos": count, "megapixels": megapixels}
+    # Every photo is restored (pass_through_from=101): camera photos at q95 and up would otherwise be
+    # passed through as their own bytes, and the ceiling measures the restoring path.
     for fmt in formats:
         loop = codec_loop(paths, fmt, tmp / "loop-out")
         busy = parallel_codec_loop(paths, fmt, tmp / "loop-out", cpus)
-        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt)  # starts the workers a longer run uses
+        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)  # starts the workers a longer run uses
         with CpuByStage() as cpu_half:
-            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt)
+            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)
         with CpuByStage() as cpu:
-            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt)
+            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)
         stored = object_store_bytes()
         again = codec_loop(paths, fmt, tmp / "loop-out")  # the machine's pace can drift: the loops before and after the jobs, averaged
         assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)
@@ -444,7 +488,7 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         used = sum(cpu.seconds.values())
         marginal = (used - sum(cpu_half.seconds.values())) / extra_mp  # core-seconds per MP
         per_core = 1 / marginal
-        within_stages = steady_window(tmp / f"ceiling-{fmt}", cpu, megapixels / count) if fmt == "jpeg" else {}
+        within_stages = steady_window(tmp / f"ceiling-{fmt}", cpu, by_name) if fmt == "jpeg" else {}
         within = sum(within_stages.values()) or None
         wall_rate = extra_mp / (summary["seconds"] - first["seconds"])
         pillow = (loop["pillow_mp_per_s"] + again["pillow_mp_per_s"]) / 2
@@ -453,7 +497,7 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         write = (loop["core_ms_per_mp"]["write"] + again["core_ms_per_mp"]["write"]) / 2e3  # core-seconds per MP
         network = actor_steps.get("restore", 0.0)  # the identity network's device work: a GPU's on a GPU node
         startup_cpu = used - marginal * summary["megapixels"]
-        print(f"ceiling, --format {fmt}: {count} colour JPEGs of 9.4 MP (q50, {megapixels:.0f} MP), identity network, {cpus} CPUs")
+        print(f"ceiling, --format {fmt}: {described}, {megapixels:.0f} MP, identity network, {cpus} CPUs")
         print(f"  bare loops, one thread, before and after the jobs: Pillow alone {loop['pillow_mp_per_s']:.1f} / {again['pillow_mp_per_s']:.1f} MP/s; "
               + (f"libjpeg-turbo alone (simplejpeg) {loop['turbo_mp_per_s']:.1f} / {again['turbo_mp_per_s']:.1f} MP/s; " if turbo else "")
               + f"through carray.images {loop['carray_mp_per_s']:.1f} / {again['carray_mp_per_s']:.1f} MP/s")
@@ -818,6 +862,8 @@ def main() -> None:
     parser.add_argument("--folders", type=int, default=100, help="folders they are spread over in the listing case")
     parser.add_argument("--photos", type=int, default=16, help="9.4 MP colour JPEGs in the ceiling case")
     parser.add_argument("--formats", nargs="+", default=["png", "jpeg"], help="the ceiling case's --format runs")
+    parser.add_argument("--ceiling-photos", type=Path, default=None,
+                        help="ceiling case: a folder of your own colour JPEGs (camera photos), used as they are and repeated to --photos")
     parser.add_argument("--ceiling-shards", type=int, default=0,
                         help="ceiling case: also the same photos as WebDataset shards of this many (key.jpg), through the job, against the files")
     parser.add_argument("--scan-photos", type=int, default=20, help="9.4 MP colour JPEGs in the scan case")
@@ -864,7 +910,7 @@ def main() -> None:
         if "listing" in args.cases:
             results["listing"] = case_listing(tmp, model_path, args.keys, args.folders)
         if "ceiling" in args.cases:
-            results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats, args.ceiling_shards)
+            results["ceiling"] = case_ceiling(tmp, args.cpus, args.photos, args.formats, args.ceiling_shards, args.ceiling_photos)
         if "scan" in args.cases:
             results["scan"] = case_scan(tmp, model_path, args.scan_photos, args.scan_links)
         if "preview" in args.cases:

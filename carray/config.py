@@ -19,6 +19,12 @@ from .storage import S3Options
 
 #: The infer job's --format: JPEG at q98 with 4:4:4 chroma (docs/benchmarks.md, "Output formats").
 DEFAULT_OUTPUT_FORMAT = "jpeg"
+# Above this, an image is cut into tiles that every actor restores. Cutting costs far more CPU per MP
+# than restoring whole (decode in the read task, tiles through the object store and the work folder,
+# one stitch): at 16 MP, the former default, 8 % of a real camera collection's photos took the
+# ceiling case from 0.57x to 0.29x its codecs' pace (docs/benchmarks.md, session 19). 64 keeps every
+# DSLR and phone photo whole (up to 61 MP) and still cuts scans and panoramas.
+SPLIT_ABOVE_MP = 64.0
 
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_kwargs):
@@ -409,10 +415,12 @@ class InferConfig(RestoreOptions, ClusterOptions):
         "(unpacking, colour conversion, stitching) with the GPU's.",
     )
     split_above: float = option(
-        16.0,
+        SPLIT_ABOVE_MP,
         help="Images above this many megapixels are cut into --tile tiles that every actor restores (and "
         "stitched back, exactly equal to restoring them whole): a scan or a panorama then uses the whole "
-        "cluster, with memory per actor bounded by a pack of tiles. 0 = never cut.",
+        "cluster, with memory per actor bounded by a pack of tiles. Camera photos up to this size (64: "
+        "every DSLR and phone but 100 MP ones) are restored whole by one actor, at about twice the "
+        "cluster's CPU efficiency; lower it when a few large photos should spread over many actors. 0 = never cut.",
     )
     tile_batch: int = option(
         0,

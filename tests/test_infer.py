@@ -465,6 +465,24 @@ def test_passed_names_never_collide_with_restored_ones():
             assert len(set(names)) == len(inputs), (fmt, treatment, names)
 
 
+def test_camera_photos_are_restored_whole_by_default_and_scans_are_cut():
+    """--split-above's default: a 61 MP camera photo (9504x6336, the largest DSLRs) is restored whole by
+    one actor, as cutting it costs far more CPU per MP (docs/benchmarks.md, session 19), and a 100 MP
+    scan is still cut into tiles that every actor restores."""
+    from carray.config import InferConfig
+    from carray.infer.decode import needs_tiles
+    from carray.infer.packs import empty_row
+
+    def header(height, width):
+        return {**empty_row("p.jpg", "p.jpg.jpg"), "height": height, "width": width}
+
+    default = InferConfig.split_above
+    assert not needs_tiles(header(6336, 9504), default), "a 61 MP photo whole"
+    assert not needs_tiles(header(4000, 6000), default), "a 24 MP photo whole"
+    assert needs_tiles(header(10000, 10000), default), "a 100 MP scan cut"
+    assert not needs_tiles(header(10000, 10000), 0), "0: never cut"
+
+
 def test_images_travel_to_the_actors_as_their_files_bytes(tmp_path):
     """The read stage hands on what it read and what the header said; only the actor decodes (no
     pixels in the object store), and packs hold several photos (one Ray call for a few)."""
