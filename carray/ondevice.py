@@ -31,6 +31,15 @@ def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)
 
 
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """A tensor of x's shape and type, uninitialised. On the CPU through numpy, which asks the kernel
+    for transparent huge pages for large buffers (madvise) where torch's allocator does not: the
+    output of a photo above 10.7 MP (32 MB, where glibc maps fresh memory for each one) was faulted
+    in 4 KB at a time, 732 faults per MP, about 1 ms per MP of the restoring step on this VM
+    (docs/benchmarks.md, session 19)."""
+    return torch.from_numpy(np.empty_like(x.numpy())) if x.device.type == "cpu" else torch.empty_like(x)
+
+
 def _download(y: torch.Tensor) -> np.ndarray:
     if y.device.type != "cuda":
         return y.contiguous().numpy()
@@ -131,7 +140,7 @@ def restore_tiled_on_device(model, pixels: np.ndarray, device: torch.device, qua
     network's whole job; on a GPU, a 100-MP image needs no GB of float)."""
     with torch.inference_mode():
         x = _upload(pixels[None], device)
-        out = torch.empty_like(x)
+        out = _empty_like(x)
         groups: dict[tuple, list] = {}
         for t in plan_tiles(x.shape[1], x.shape[2], tile, margin, align=8):
             wy0, wy1, wx0, wx1 = t.window
