@@ -565,3 +565,42 @@ def test_a_gpu_actors_calls_run_at_once_in_threads_and_each_image_is_written_onc
         assert outputs["threads"] == outputs["serial"]
     finally:
         ray.kill(tracker)
+
+
+def test_a_pack_of_tiles_completes_each_image_once_and_fails_a_broken_one_once(tmp_path):
+    """The write stage counts a pack's stored tiles in one call to the tracker: an image whose tiles
+    all come in one pack is stitched and written once, exactly the pixels its tiles hold, its
+    megapixels counted once; an image whose tiles failed is one failure line, however many failed."""
+    from carray.infer import Locations
+    from carray.infer.decode import decode_to_row
+    from carray.infer.packs import IMAGE_TYPES, to_packs, unpack
+    from carray.infer.tiles import split_into_tiles
+    from carray.infer.tracker import start_tracker
+    from carray.infer.write import write_pack
+
+    (tmp_path / "in").mkdir()
+    where = Locations.resolve(str(tmp_path / "in"), str(tmp_path / "out"), None)
+    data = jpeg.compress(smooth_image(40, 56, color=True), 30)
+    tiles, original = [], None
+    for name in ("a.jpg", "b.jpg"):
+        row = decode_to_row(name, name + ".png", data, None)
+        original = np.frombuffer(row["pixels"], np.uint8).reshape(40, 56, 3)
+        for tile in split_into_tiles(row, tile=16, margin=8, where=where):
+            y0, y1, x0, x1 = tile["crop"]  # "restored" by an identity: the window's core
+            window = np.frombuffer(tile["pixels"], np.uint8).reshape(tile["height"], tile["width"], 3)
+            tile.update(pixels=np.ascontiguousarray(window[y0:y1, x0:x1]).tobytes(), height=y1 - y0, width=x1 - x0)
+            if name == "b.jpg":
+                tile.update(error="restoration failed: a test", pixels=b"")
+            tiles.append(tile)
+    assert len(tiles) == 2 * 12, "12 tiles each, all in one pack"
+    tracker = start_tracker()
+    try:
+        table = write_pack(to_packs([tiles], IMAGE_TYPES), tracker=tracker, fmt="png", quality=98, where=where)
+    finally:
+        ray.kill(tracker)
+    results = [r for pack in unpack(table) for r in pack]
+    finished = sorted((r["path"], r["error"]) for r in results if r["part"] == "")
+    assert finished == [("a.jpg", ""), ("b.jpg", "restoration failed: a test")], finished
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a.jpg.png")), original)
+    assert sum(r["megapixels"] for r in results if r["path"] == "a.jpg") == pytest.approx(40 * 56 / 1e6)
+    assert not (tmp_path / "out" / "b.jpg.png").exists()

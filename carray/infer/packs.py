@@ -28,9 +28,11 @@ PACK_PIXELS = 4_000_000
 # headers), and an actor decodes PACK_PIXELS of them at a time: a 9.4 MP photo per pack cost a
 # task, an actor call and a block each, about 3 ms of Ray's CPU per MP (bench/infer.py --cases ceiling).
 ENCODED_PACK_PIXELS = 64_000_000
-# Tiles of a large image come in smaller packs: they are what fills the actors' memory on a
-# 100 MP image (measured: 4 MP packs of tiles 1.56 GiB above idle Ray, 1 MP packs 1.42 GiB).
-TILE_PACK_PIXELS = 1_000_000
+# Tiles of a large image come in packs of 4 MP: six 60 MP photos cut at 16 MP cost 67-70 ms of CPU
+# per MP in 4 MP packs against 106-112 in 1 MP packs (a task, an actor call and a block per pack; the
+# identity network), and a 64 MP gray JPEG (bench/infer.py --cases large) ran at 1.229 against 1.136
+# MP/s with 1.35 against 1.29 GiB above idle Ray at the peak (docs/benchmarks.md, session 19).
+TILE_PACK_PIXELS = 4_000_000
 NO_QUALITY = -1  # the row's file has no JPEG quantization tables
 WHOLE = -1  # the `tile` of an image that is not cut into tiles
 

@@ -31,12 +31,18 @@ class JobTracker:
         for key in keys:
             self.attempts.pop(key, None)
 
-    def tile_done(self, path: str, index: int, total: int) -> bool:
-        """True when every tile of `path` is stored (again True for a retried last write, until
-        :meth:`stitched`)."""
-        done = self.tiles.setdefault(path, set())
-        done.add(index)
-        return len(done) == total and path not in self.failed_images
+    def tiles_done(self, tiles: list[tuple[str, int, int]]) -> list[bool]:
+        """The stored tiles of a pack, each (path, index, total), in one call: for each, True when it
+        completes its image (every tile of `path` stored; again True for a retried last write, until
+        :meth:`stitched`), True once per image in a call."""
+        completed, answers = set(), []
+        for path, index, total in tiles:
+            done = self.tiles.setdefault(path, set())
+            done.add(index)
+            answers.append(len(done) == total and path not in self.failed_images and path not in completed)
+            if answers[-1]:
+                completed.add(path)
+        return answers
 
     def stitched(self, path: str) -> None:
         self.tiles.pop(path, None)
