@@ -231,8 +231,10 @@ def case_small(tmp: Path, model_path: str, cpus: int, count: int, address: str, 
 
 
 # The large and precision cases cut their image into tiles, as they always measured (the job's
-# default --split-above, 64 MP since session 19, would restore a 64 MP image whole).
+# default --split-above on GPU actors, 64 MP since session 19, would restore a 64 MP image whole).
 LARGE_SPLIT_ABOVE = 16.0
+# The ceiling is a GPU node's CPU side: its photos are cut as on GPU actors (the job's default there).
+CEILING_SPLIT_ABOVE = getattr(carray_config, "SPLIT_ABOVE_MP_GPU", 64.0)
 
 
 def case_large(tmp: Path, model_path: str, megapixels: float, loop_mp: float | None, tile: int) -> dict:
@@ -468,15 +470,16 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     job(tmp / "photos-warm", tmp / "ceiling-warm", model, runtime="torch")
     results = {"photos": count, "megapixels": megapixels}
     # Every photo is restored (pass_through_from=101): camera photos at q95 and up would otherwise be
-    # passed through as their own bytes, and the ceiling measures the restoring path.
+    # passed through as their own bytes, and the ceiling measures the restoring path. Photos are cut
+    # into tiles as on a GPU node (CEILING_SPLIT_ABOVE), whose CPU side the ceiling measures.
     for fmt in formats:
         loop = codec_loop(paths, fmt, tmp / "loop-out")
         busy = parallel_codec_loop(paths, fmt, tmp / "loop-out", cpus)
-        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)  # starts the workers a longer run uses
+        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)  # starts the workers a longer run uses
         with CpuByStage() as cpu_half:
-            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)
+            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)
         with CpuByStage() as cpu:
-            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101)
+            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)
         stored = object_store_bytes()
         again = codec_loop(paths, fmt, tmp / "loop-out")  # the machine's pace can drift: the loops before and after the jobs, averaged
         assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)

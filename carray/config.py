@@ -19,12 +19,16 @@ from .storage import S3Options
 
 #: The infer job's --format: JPEG at q98 with 4:4:4 chroma (docs/benchmarks.md, "Output formats").
 DEFAULT_OUTPUT_FORMAT = "jpeg"
-# Above this, an image is cut into tiles that every actor restores. Cutting costs far more CPU per MP
-# than restoring whole (decode in the read task, tiles through the object store and the work folder,
-# one stitch): at 16 MP, the former default, 8 % of a real camera collection's photos took the
-# ceiling case from 0.57x to 0.29x its codecs' pace (docs/benchmarks.md, session 19). 64 keeps every
-# DSLR and phone photo whole (up to 61 MP) and still cuts scans and panoramas.
-SPLIT_ABOVE_MP = 64.0
+# --split-above by where the networks run. Cutting an image into tiles costs the CPUs about 1.6 times
+# what restoring it whole costs per MP (decode in the read task, tiles through the object store and the
+# work folder, one stitch). On GPU actors the CPUs are what feeds the GPU: every camera photo (up to
+# the largest DSLRs' 61 MP) is restored whole; at 16 MP, 8 % of a camera collection's photos took the
+# ceiling case from 0.57x to 0.29x its codecs' pace (docs/benchmarks.md, session 19). On CPU actors the
+# network costs far more than that, and tiles spread a large photo over the actors and bound each
+# one's memory (ONNX Runtime, the CPUs' default, restores through float planes on the host: a 24 MP
+# photo whole held 2.0 GB in its actor, cut 0.9 GB).
+SPLIT_ABOVE_MP_GPU = 64.0
+SPLIT_ABOVE_MP_CPU = 16.0
 
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_kwargs):
@@ -414,13 +418,13 @@ class InferConfig(RestoreOptions, ClusterOptions):
         1, help="Restoring actors sharing each GPU (each asks for 1/N of it): they overlap their own CPU work "
         "(unpacking, colour conversion, stitching) with the GPU's.",
     )
-    split_above: float = option(
-        SPLIT_ABOVE_MP,
+    split_above: Optional[float] = option(
+        None,
         help="Images above this many megapixels are cut into --tile tiles that every actor restores (and "
         "stitched back, exactly equal to restoring them whole): a scan or a panorama then uses the whole "
-        "cluster, with memory per actor bounded by a pack of tiles. Camera photos up to this size (64: "
-        "every DSLR and phone but 100 MP ones) are restored whole by one actor: cutting costs about 1.6 times "
-        "the CPU per MP; lower it when a few large photos should spread over many actors. 0 = never cut.",
+        "cluster, with memory per actor bounded by a pack of tiles. Cutting costs the CPUs about 1.6 times "
+        f"the work per MP of restoring whole. Default: {SPLIT_ABOVE_MP_GPU:g} on GPU actors (every camera photo "
+        f"whole: the CPUs feed the GPU), {SPLIT_ABOVE_MP_CPU:g} on CPU actors (the network dominates there). 0 = never cut.",
     )
     tile_batch: int = option(
         0,
@@ -455,11 +459,17 @@ class InferConfig(RestoreOptions, ClusterOptions):
             raise OptionError(f"--max-attempts must be at least 1, got {self.max_attempts}")
         if self.tile_batch < 0:
             raise OptionError(f"--tile-batch must be 0 (auto) or a number of windows per forward pass, got {self.tile_batch}")
-        if self.split_above < 0:
+        if self.split_above is not None and self.split_above < 0:
             raise OptionError(f"--split-above must be 0 (never cut) or a number of megapixels, got {self.split_above}")
         if self.actors_per_gpu < 1:
             raise OptionError(f"--actors-per-gpu must be at least 1, got {self.actors_per_gpu}")
         return self
+
+    def split_above_mp(self, gpus: bool) -> float:
+        """--split-above, or its default for where the networks run (GPU or CPU actors)."""
+        if self.split_above is not None:
+            return self.split_above
+        return SPLIT_ABOVE_MP_GPU if gpus else SPLIT_ABOVE_MP_CPU
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -465,10 +465,12 @@ def test_passed_names_never_collide_with_restored_ones():
             assert len(set(names)) == len(inputs), (fmt, treatment, names)
 
 
-def test_camera_photos_are_restored_whole_by_default_and_scans_are_cut():
-    """--split-above's default: a 61 MP camera photo (9504x6336, the largest DSLRs) is restored whole by
-    one actor, as cutting it costs far more CPU per MP (docs/benchmarks.md, session 19), and a 100 MP
-    scan is still cut into tiles that every actor restores."""
+def test_split_above_by_default_keeps_camera_photos_whole_on_gpus_and_cuts_them_on_cpus():
+    """--split-above's default by where the networks run: on GPU actors a 61 MP camera photo (9504x6336,
+    the largest DSLRs) is restored whole, as cutting costs the CPUs that feed the GPU 1.6 times the work
+    per MP (docs/benchmarks.md, session 19), and a 100 MP scan is cut; on CPU actors, where the network
+    dominates, a 24 MP photo is cut (its tiles spread over the actors and bound their memory) and a
+    12 MP one is not. Given, the option wins on both."""
     from carray.config import InferConfig
     from carray.infer.decode import needs_tiles
     from carray.infer.packs import empty_row
@@ -476,11 +478,14 @@ def test_camera_photos_are_restored_whole_by_default_and_scans_are_cut():
     def header(height, width):
         return {**empty_row("p.jpg", "p.jpg.jpg"), "height": height, "width": width}
 
-    default = InferConfig.split_above
-    assert not needs_tiles(header(6336, 9504), default), "a 61 MP photo whole"
-    assert not needs_tiles(header(4000, 6000), default), "a 24 MP photo whole"
-    assert needs_tiles(header(10000, 10000), default), "a 100 MP scan cut"
-    assert not needs_tiles(header(10000, 10000), 0), "0: never cut"
+    cfg = InferConfig(input="in", output="out")
+    on_gpus, on_cpus = cfg.split_above_mp(gpus=True), cfg.split_above_mp(gpus=False)
+    assert not needs_tiles(header(6336, 9504), on_gpus), "a 61 MP photo whole on GPU actors"
+    assert needs_tiles(header(10000, 10000), on_gpus), "a 100 MP scan cut on GPU actors"
+    assert needs_tiles(header(4000, 6000), on_cpus), "a 24 MP photo cut on CPU actors"
+    assert not needs_tiles(header(3000, 4000), on_cpus), "a 12 MP photo whole on CPU actors"
+    never = InferConfig(input="in", output="out", split_above=0)
+    assert never.split_above_mp(gpus=True) == never.split_above_mp(gpus=False) == 0
 
 
 def test_images_travel_to_the_actors_as_their_files_bytes(tmp_path):

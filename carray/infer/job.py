@@ -183,7 +183,7 @@ def build_pipeline(cfg: "InferConfig", where: Locations, files: dict, source: Ke
     )
     ds = ds.map_batches(
         read_packs, batch_size=1, batch_format="pyarrow", **READ_CPUS,
-        fn_kwargs=dict(where=where, max_pixels=cfg.max_pixels, policy=cfg.policy(), split_above=cfg.split_above,
+        fn_kwargs=dict(where=where, max_pixels=cfg.max_pixels, policy=cfg.policy(), split_above=cfg.split_above_mp(bool(pool.gpus)),
                        tile=cfg.tile, margin=restore_margin(files), tile_batch=tile_batch),
     )
     ds = ds.map_batches(
