@@ -472,14 +472,15 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     # Every photo is restored (pass_through_from=101): camera photos at q95 and up would otherwise be
     # passed through as their own bytes, and the ceiling measures the restoring path. Photos are cut
     # into tiles as on a GPU node (CEILING_SPLIT_ABOVE), whose CPU side the ceiling measures.
+    options = dict(runtime="torch", pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)
     for fmt in formats:
         loop = codec_loop(paths, fmt, tmp / "loop-out")
         busy = parallel_codec_loop(paths, fmt, tmp / "loop-out", cpus)
-        job(half, tmp / f"ceiling-cold-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)  # starts the workers a longer run uses
+        job(half, tmp / f"ceiling-cold-{fmt}", model, format=fmt, **options)  # starts the workers a longer run uses
         with CpuByStage() as cpu_half:
-            first = job(half, tmp / f"ceiling-half-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)
+            first = job(half, tmp / f"ceiling-half-{fmt}", model, format=fmt, **options)
         with CpuByStage() as cpu:
-            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, runtime="torch", format=fmt, pass_through_from=101, split_above=CEILING_SPLIT_ABOVE)
+            summary = job(tmp / "photos", tmp / f"ceiling-{fmt}", model, format=fmt, **options)
         stored = object_store_bytes()
         again = codec_loop(paths, fmt, tmp / "loop-out")  # the machine's pace can drift: the loops before and after the jobs, averaged
         assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)

@@ -87,9 +87,8 @@ def write_pack(table: pa.Table, *, tracker, fmt: str, quality: int, where: Locat
 def _store_tiles(rows: list[dict], *, where: Locations, tracker) -> list[tuple[dict, Optional[DecodedImage]]]:
     """Restored tiles -> their images' tiles folders, the pack's tiles counted in one call to the
     tracker (one blocking round trip per pack, not per tile: a tracker on another node is a network
-    round trip each). Per tile:
-    (result, None) while its image is incomplete (result `part: tile`) or failed, else (result, the
-    stitched image) for the tile that completed it."""
+    round trip each). Per tile: (result, None) while its image is incomplete (result `part: tile`)
+    or failed, else (result, the stitched image) for the tile that completed it."""
     results, counted = [], []
     for row in rows:
         result = {k: row[k] for k in _RESULT_KEYS}
