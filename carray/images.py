@@ -11,7 +11,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -232,18 +232,22 @@ def _jpeg_subsampling(img: Image.Image) -> Optional[str]:
         return None
 
 
-def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, upright: bool = True) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, upright: bool = True,
+                 allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> DecodedImage:
     """Decode PNG, BMP, TIFF, JPEG (MPO: its first image) or WebP bytes into a :class:`DecodedImage`.
 
     `upright`: apply the EXIF orientation to the pixels (what a viewer shows). The infer job keeps
     them as stored: a JPEG is restored on the 8x8 grid it was coded on, and its EXIF stays as it is.
     Only pixels that cannot be decoded raise (ImageError, with the reason: empty, truncated,
     non-image or oversized input); metadata that cannot be read is noted and left out.
+
+    `allocate(shape)`: where a JPEG decoded as stored puts its pixels, an uninitialised uint8 array
+    of that shape (a restoring actor's reused buffers, carray.infer.memory.PixelBuffers).
     """
     with _pixel_limit(max_pixels):
         img = _open(data)
         _check_size(*img.size, max_pixels)
-        decoded = None if upright else _decode_jpeg(img, data)
+        decoded = None if upright else _decode_jpeg(img, data, allocate)
         try:
             if decoded is None:
                 img.load()
@@ -269,7 +273,7 @@ def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, up
     )
 
 
-def _decode_jpeg(img: Image.Image, data: bytes) -> Optional[np.ndarray]:
+def _decode_jpeg(img: Image.Image, data: bytes, allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> Optional[np.ndarray]:
     """An RGB or gray JPEG's pixels, decoded by libjpeg-turbo straight into a numpy array
     (simplejpeg): what Pillow decodes (the same library, IDCT and chroma upsampling; the header,
     metadata and checks stay Pillow's), without Pillow's copy into its own 4-byte pixels and out
@@ -278,8 +282,9 @@ def _decode_jpeg(img: Image.Image, data: bytes) -> Optional[np.ndarray]:
     Pillow's to decode or refuse, as before)."""
     if simplejpeg is None or img.format not in JPEG_FORMATS or img.mode not in ("L", "RGB"):
         return None
+    into = None if allocate is None else allocate((img.height, img.width, 1 if img.mode == "L" else 3))
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if img.mode == "L" else "RGB", strict=True)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if img.mode == "L" else "RGB", strict=True, buffer=into)
     except Exception:  # noqa: BLE001 - whatever it refuses, Pillow decodes or refuses with its own reason
         return None
     if pixels.shape[:2] != (img.height, img.width):

@@ -186,7 +186,7 @@ def test_jpegs_decode_through_libjpeg_turbo_as_pillow_decodes_them(monkeypatch):
     for name, data in files.items():
         for path in ("turbo", "pillow"):
             if path == "pillow":
-                monkeypatch.setattr(images, "_decode_jpeg", lambda img, data: None)
+                monkeypatch.setattr(images, "_decode_jpeg", lambda img, data, allocate=None: None)
             try:
                 outcomes[name, path] = decode_image(data, upright=False).pixels
             except ImageError as exc:
@@ -197,6 +197,34 @@ def test_jpegs_decode_through_libjpeg_turbo_as_pillow_decodes_them(monkeypatch):
     assert all(isinstance(outcomes[name, "turbo"], str) for name in ("truncated", "no EOI")), "Pillow's error for a cut-off file"
     taken = {name for name, data in files.items() if images._decode_jpeg(Image.open(io.BytesIO(data)), data) is not None}
     assert taken == set(files) - {"(256, 192) cmyk", "(101, 37) cmyk", "(7, 9) cmyk", "truncated", "no EOI"}, taken
+
+
+def test_jpegs_decode_into_kept_buffers_that_are_reused_only_once_no_array_refers_to_them():
+    """A restoring actor decodes into buffers it keeps (PixelBuffers): the same pixels as a decode
+    into new memory, for every layout (those libjpeg-turbo refuses go to Pillow, as before); a
+    buffer whose pixels, or any view of them, are still held is never written again; once they are
+    not, the next image of its size or smaller goes into it."""
+    from carray.infer.memory import PixelBuffers
+
+    buffers = PixelBuffers()
+    files = {name: data for name, data in _jpeg_layouts().items() if name not in ("truncated", "no EOI")}
+    held = {name: decode_image(data, upright=False, allocate=buffers.array).pixels for name, data in files.items()}
+    kept = {name: pixels.copy() for name, pixels in held.items()}
+    addresses = {pixels.ctypes.data for pixels in held.values()}
+    for name, data in files.items():
+        assert np.array_equal(held[name], decode_image(data, upright=False).pixels), name
+    views = {name: pixels[:, ::2] for name, pixels in held.items()}  # what a slice of them still holds
+    del held
+    again = [decode_image(data, upright=False, allocate=buffers.array).pixels for data in files.values()]
+    assert all(np.array_equal(views[name], kept[name][:, ::2]) for name in files), "a buffer a view refers to was written again"
+    held_bytes = buffers.held_bytes()
+    del views, again
+    first = files["(256, 192) 4:0 progressive=False"]
+    pixels = decode_image(first, upright=False, allocate=buffers.array).pixels
+    assert np.array_equal(pixels, kept["(256, 192) 4:0 progressive=False"])
+    assert pixels.ctypes.data in addresses and buffers.held_bytes() == held_bytes, "a free buffer of its size was not reused"
+    small = PixelBuffers(keep_bytes=100)
+    assert small.array((20, 20)).shape == (20, 20) and small.held_bytes() == 0, "kept beyond its bound"
 
 
 def test_jpeg_outputs_are_the_bytes_pillows_encoder_writes(monkeypatch):

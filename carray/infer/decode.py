@@ -9,7 +9,7 @@ object store. Only an image above --split-above is decoded here, to be cut into 
 from __future__ import annotations
 
 import itertools
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import storage
 from ..images import ImageError, decode_image, read_header
@@ -63,14 +63,15 @@ def plan_row(path: str, output: str, data: bytes, max_pixels: Optional[int], pol
         return empty_row(path, output, error=f"unexpected error while reading its header: {type(exc).__name__}: {exc}")
 
 
-def decode_row(row: dict, max_pixels: Optional[int], as_bytes: bool = True) -> dict:
+def decode_row(row: dict, max_pixels: Optional[int], as_bytes: bool = True, allocate: Optional[Callable] = None) -> dict:
     """A planned row's bytes -> its pixels and metadata, in place (its bytes dropped), or its error.
     As stored: restored on the grid it was coded on, its EXIF (orientation too) kept as it is.
-    as_bytes=False: the pixels stay a numpy array (a row that never leaves this process)."""
+    as_bytes=False: the pixels stay a numpy array (a row that never leaves this process), a JPEG's
+    in an array from `allocate` where given (carray.images.decode_image)."""
     if not pending_decode(row):
         return row
     try:
-        row.update(image_fields(decode_image(row["data"], max_pixels, upright=False), as_bytes))
+        row.update(image_fields(decode_image(row["data"], max_pixels, upright=False, allocate=allocate), as_bytes))
     except ImageError as exc:
         row["error"] = str(exc)
     except MemoryError:

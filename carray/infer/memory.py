@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import functools
+import math
+import sys
+import threading
+
+import numpy as np
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,3 +57,47 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+# What a restoring actor keeps of its decoded images' buffers, free and in use together: a GPU actor's
+# dozen calls at once on 12 MP photos (36 MB each), or two of the 64 MP images it restores whole.
+PIXEL_BUFFER_BYTES = 512 << 20
+
+
+class PixelBuffers:
+    """Uninitialised uint8 arrays for decoded images, from buffers this process keeps and hands out
+    again once nothing refers to them any more: a decoded photo above 10.7 MP (32 MB, past what glibc
+    keeps: keep_freed_memory) was otherwise memory new to the process each time, faulted in and
+    zeroed by the kernel before libjpeg-turbo wrote it (docs/benchmarks.md, session 20).
+
+    A buffer is in use while any array refers to it: every view of it (a reshaped or sliced array,
+    numpy's frombuffer, torch.from_numpy) holds a reference, so its reference count says so, and no
+    caller has to give anything back. Held: up to `keep_bytes`; a free buffer smaller than a new one
+    is dropped (a collection's largest photos set the size); beyond the bound arrays are new."""
+
+    def __init__(self, keep_bytes: int = PIXEL_BUFFER_BYTES):
+        self.keep_bytes = keep_bytes
+        self._lock = threading.Lock()
+        self._buffers = [np.empty(0, np.uint8)]
+        self._unused_count = self._counts()[0]  # what a buffer no array refers to counts, measured as array() does
+        self._buffers = []
+
+    def _counts(self) -> list[int]:
+        return [sys.getrefcount(buffer) for buffer in self._buffers]
+
+    def array(self, shape: tuple) -> np.ndarray:
+        size = math.prod(shape)
+        with self._lock:
+            free = [buffer for buffer, count in zip(self._buffers, self._counts()) if count <= self._unused_count]
+            fits = [buffer for buffer in free if buffer.size >= size]
+            if fits:
+                return min(fits, key=len)[:size].reshape(shape)
+            smaller = {id(buffer) for buffer in free}
+            self._buffers = [buffer for buffer in self._buffers if id(buffer) not in smaller]
+            buffer = np.empty(size, np.uint8)
+            if self.held_bytes() + size <= self.keep_bytes:
+                self._buffers.append(buffer)
+            return buffer.reshape(shape)
+
+    def held_bytes(self) -> int:
+        return sum(buffer.size for buffer in self._buffers)
