@@ -151,14 +151,30 @@ def restore_pixels(
     :func:`network_planes`). `quality`: the input's IJG JPEG quality, for networks conditioned on
     it; `tta`: x8 ensemble; `batch`: tile windows per forward pass (PyTorch networks).
 
-    A PyTorch network restores on its device (carray/ondevice.py); an ONNX network, and the x8
-    ensemble, go through float32 planes on the host."""
-    if is_torch_network(model) and not tta:  # uint8 in and out, everything between on the network's device
+    A PyTorch network restores on its device (carray/ondevice.py); an ONNX network on the host, a
+    window at a time (:func:`restore_windows_on_host`); the x8 ensemble through float32 planes of
+    the whole image on the host."""
+    if tta:
+        planes, back = network_planes(model, pixels)
+        return back(restore_planes(model, planes, tile, device, quality, tta))
+    if is_torch_network(model):  # uint8 in and out, everything between on the network's device
         from .ondevice import restore_tiled_on_device
 
         return restore_tiled_on_device(model, pixels, device or network_device(model), quality, tile, tile_margin(model), batch)
-    planes, back = network_planes(model, pixels)
-    return back(restore_planes(model, planes, tile, device, quality, tta))
+    return restore_windows_on_host(model, pixels, tile, quality)
+
+
+def restore_windows_on_host(model, pixels: np.ndarray, tile: int = DEFAULT_TILE, quality: Optional[float] = None) -> np.ndarray:
+    """uint8 in, uint8 out, through an ONNX network a window at a time: each window made float
+    planes, restored and turned back into uint8, its core stitched. Float exists for one window
+    only, where planes of the whole image held 12 bytes per pixel in and as many out (a 12 MP photo
+    restored whole: 866 MB above the process's start; docs/benchmarks.md, session 20). The same
+    pixels as planes of the whole image: each conversion is pixel by pixel."""
+    def window(pixels: np.ndarray) -> np.ndarray:
+        planes, back = network_planes(model, pixels)
+        return back(run_model(model, planes, None, quality))
+
+    return apply_tiled(pixels, window, tile, tile_margin(model), align=8)
 
 
 def restore_in_batches(

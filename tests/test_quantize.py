@@ -171,3 +171,32 @@ print("torch" in sys.modules)
 
     done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((files, onnx)), capture_output=True, check=True)
     assert done.stdout.decode().strip() == "False", done.stderr.decode()[-2000:]
+
+
+def test_onnx_networks_restore_a_window_at_a_time_the_pixels_planes_of_the_whole_image_give():
+    """ONNX networks (the CPUs' default) restore uint8 windows one at a time: for each colour case
+    (a colour model on RGB and on gray, a gray model on gray and on RGB's Y) the pixels that float
+    planes of the whole image gave, while the float the process holds is a window's, not 24 bytes
+    per pixel of the whole image."""
+    import tracemalloc
+
+    from carray.quantize import onnx_files
+    from carray.restore import network_planes, restore_pixels, restore_planes
+
+    files = {kind: shipped_path(kind).read_bytes() for kind in ("gray", "color")}
+    networks = load_networks(files, "int8", None, 1, onnx_files(files, "int8"))
+    parrots = np.asarray(Image.open(DATA / "LIVE1_color" / "parrots.png").convert("RGB"))[:301, :389]
+    rgb = decode_image(jpeg.compress(np.tile(parrots, (2, 2, 1)), 20)).pixels  # 602 x 778
+    for kind in ("gray", "color"):
+        for pixels in (rgb, np.ascontiguousarray(rgb[..., 1])):
+            planes, back = network_planes(networks[kind], pixels)
+            whole = back(restore_planes(networks[kind], planes, 64, None, 20))
+            tracemalloc.start()
+            windows = restore_pixels(networks[kind], pixels, 64, None, 20)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert windows.shape == pixels.shape and windows.dtype == np.uint8
+            assert np.array_equal(windows, whole), (kind, pixels.ndim, np.abs(windows.astype(int) - whole).max())
+            assert not np.array_equal(windows, pixels), "it restored"
+            # The output, and a window's float (a few MB): planes of the whole image took 4 bytes per value in and out.
+            assert peak < pixels.nbytes + (4 << 20), (kind, pixels.ndim, peak)
