@@ -24,9 +24,9 @@ DEFAULT_OUTPUT_FORMAT = "jpeg"
 # work folder, one stitch). On GPU actors the CPUs are what feeds the GPU: every camera photo (up to
 # the largest DSLRs' 61 MP) is restored whole; at 16 MP, 8 % of a camera collection's photos took the
 # ceiling case from 0.57x to 0.29x its codecs' pace (docs/benchmarks.md, session 19). On CPU actors the
-# network costs far more than that, and tiles spread a large photo over the actors and bound each
-# one's memory (ONNX Runtime, the CPUs' default, restores through float planes on the host: a 24 MP
-# photo whole held 2.0 GB in its actor, cut 0.9 GB).
+# network costs far more than that, and tiles spread a large photo over the actors (two 24 MP photos
+# whole, both in one pack: one actor restored them while the other waited, 0.55 MP/s against 1.08 cut)
+# and bound each one's memory by a 16 MP image's.
 SPLIT_ABOVE_MP_GPU = 64.0
 SPLIT_ABOVE_MP_CPU = 16.0
 
