@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,13 +31,16 @@ def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)
 
 
-def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """A tensor of x's shape and type, uninitialised. On the CPU through numpy, which asks the kernel
-    for transparent huge pages for large buffers (madvise) where torch's allocator does not: the
-    output of a photo above 10.7 MP (32 MB, where glibc maps fresh memory for each one) was faulted
-    in 4 KB at a time, 732 faults per MP, about 1 ms per MP of the restoring step on this VM
-    (docs/benchmarks.md, session 19)."""
-    return torch.from_numpy(np.empty_like(x.numpy())) if x.device.type == "cpu" else torch.empty_like(x)
+def _empty_like(x: torch.Tensor, allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> torch.Tensor:
+    """A uint8 tensor of x's shape, uninitialised. On the CPU from `allocate` where given (a restoring
+    actor's kept buffers, carray.infer.memory.PixelBuffers: the restoring step 2.5-2.8 -> 1.7 ms per
+    MP of a camera photo in the ceiling, docs/benchmarks.md, session 20), else through numpy, which
+    asks the kernel for transparent huge pages for large buffers (madvise) where torch's allocator
+    does not: the output of a photo above 10.7 MP (32 MB, where glibc maps fresh memory for each one)
+    was faulted in 4 KB at a time, 732 faults per MP (session 19)."""
+    if x.device.type != "cpu":
+        return torch.empty_like(x)
+    return torch.from_numpy(allocate(tuple(x.shape)) if allocate else np.empty_like(x.numpy()))
 
 
 def _download(y: torch.Tensor) -> np.ndarray:
@@ -131,16 +134,17 @@ def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.devic
 
 
 def restore_tiled_on_device(model, pixels: np.ndarray, device: torch.device, quality, tile: int, margin: int,
-                            batch: int = 1) -> np.ndarray:
+                            batch: int = 1, allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> np.ndarray:
     """One image (uint8) of any size -> restored uint8: uploaded once, its windows (those of
     :func:`carray.patches.plan_tiles`, as the host's tiling cuts them) cut from the uint8 image on the
     device and run `batch` at a time per window shape, each core turned back into uint8 and stitched
     there, downloaded once. Float exists for a batch of windows only: no float copy of the whole
     image is ever made (on a CPU, the passes over 100-MB float buffers cost more than an identity
-    network's whole job; on a GPU, a 100-MP image needs no GB of float)."""
+    network's whole job; on a GPU, a 100-MP image needs no GB of float). On the CPU the restored
+    pixels go into an array from `allocate(shape)` where given."""
     with torch.inference_mode():
         x = _upload(pixels[None], device)
-        out = _empty_like(x)
+        out = _empty_like(x, allocate)
         groups: dict[tuple, list] = {}
         for t in plan_tiles(x.shape[1], x.shape[2], tile, margin, align=8):
             wy0, wy1, wx0, wx1 = t.window

@@ -145,11 +145,12 @@ def network_planes(model: nn.Module, pixels: np.ndarray) -> tuple[np.ndarray, Ca
 
 def restore_pixels(
     model: nn.Module, pixels: np.ndarray, tile: int = DEFAULT_TILE, device: Optional[torch.device] = None,
-    quality: Optional[float] = None, tta: bool = False, batch: int = 1,
+    quality: Optional[float] = None, tta: bool = False, batch: int = 1, allocate: Optional[Callable[[tuple], np.ndarray]] = None,
 ) -> np.ndarray:
     """uint8 (h, w) gray or (h, w, 3) RGB -> restored uint8 of the same shape and mode (see
     :func:`network_planes`). `quality`: the input's IJG JPEG quality, for networks conditioned on
-    it; `tta`: x8 ensemble; `batch`: tile windows per forward pass (PyTorch networks).
+    it; `tta`: x8 ensemble; `batch`: tile windows per forward pass (PyTorch networks); `allocate(shape)`:
+    where a PyTorch network on the CPU puts the restored pixels (an uninitialised uint8 array).
 
     A PyTorch network restores on its device (carray/ondevice.py); an ONNX network on the host, a
     window at a time (:func:`restore_windows_on_host`); the x8 ensemble through float32 planes of
@@ -160,7 +161,7 @@ def restore_pixels(
     if is_torch_network(model):  # uint8 in and out, everything between on the network's device
         from .ondevice import restore_tiled_on_device
 
-        return restore_tiled_on_device(model, pixels, device or network_device(model), quality, tile, tile_margin(model), batch)
+        return restore_tiled_on_device(model, pixels, device or network_device(model), quality, tile, tile_margin(model), batch, allocate)
     return restore_windows_on_host(model, pixels, tile, quality)
 
 
@@ -218,9 +219,10 @@ def pick_model(models: dict[str, nn.Module], image: DecodedImage) -> nn.Module:
 
 def restore_image(
     models: dict[str, nn.Module], image: DecodedImage, tile: int = DEFAULT_TILE, device=None,
-    quality: Optional[float] = None, tta: bool = False, batch: int = 1,
+    quality: Optional[float] = None, tta: bool = False, batch: int = 1, allocate: Optional[Callable[[tuple], np.ndarray]] = None,
 ) -> DecodedImage:
     """Restore with the model that matches the image (:func:`pick_model`) at `quality`
-    (`tta`: the x8 self-ensemble; `batch`: tile windows per forward pass). Alpha and metadata pass through unchanged."""
-    pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta, batch)
+    (`tta`: the x8 self-ensemble; `batch`: tile windows per forward pass; `allocate`: see
+    :func:`restore_pixels`). Alpha and metadata pass through unchanged."""
+    pixels = restore_pixels(pick_model(models, image), image.pixels, tile, device, quality, tta, batch, allocate)
     return replace(image, pixels=pixels)

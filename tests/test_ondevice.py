@@ -45,6 +45,23 @@ def test_on_device_equals_the_host_path_within_one_grey_level(networks, kind, sh
     assert np.abs(tiled.astype(int) - batched[0]).max() <= 1
 
 
+@pytest.mark.parametrize("shape", [(75, 101), (75, 101, 3)])
+def test_restored_pixels_go_into_the_actors_kept_buffers(networks, shape):
+    """On the CPU a restoring actor's output comes from its PixelBuffers: the same pixels, in a
+    buffer that is handed out again once the restored image is let go, and never while it is held."""
+    from carray.infer.memory import PixelBuffers
+
+    buffers = PixelBuffers()
+    pixels = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    restored = restore_pixels(networks["color"], pixels, tile=24, quality=30, allocate=buffers.array)
+    assert np.array_equal(restored, restore_pixels(networks["color"], pixels, tile=24, quality=30))
+    assert buffers.held_bytes() == pixels.size
+    address, kept = restored.ctypes.data, restored.copy()
+    assert buffers.array(shape).ctypes.data != address and np.array_equal(restored, kept), "a held output was handed out"
+    del restored
+    assert buffers.array(shape).ctypes.data == address
+
+
 def test_batches_group_by_model_and_shape(networks):
     rng = np.random.default_rng(2)
     items = [(networks["gray"], rng.integers(0, 256, (40, 48), dtype=np.uint8), None),

@@ -11,7 +11,7 @@ import ray
 
 from .decode import decode_row
 from .layout import Locations
-from .memory import TRIM_ABOVE_PIXELS, PixelBuffers, keep_freed_memory, release_free_memory
+from .memory import TRIM_ABOVE_PIXELS, keep_freed_memory, release_free_memory
 from .packs import IMAGE_TYPES, PACK_PIXELS, WHOLE, empty_row, in_groups, to_packs, unpack, weight
 from .restoring import RowRestorer, needs_restoring
 from .write import encode_row, write_output
@@ -53,7 +53,6 @@ class Restorer(RowRestorer):
         self.tracker, self.max_attempts = tracker, max_attempts
         self.where, self.max_pixels, self.fmt, self.quality = where, max_pixels, fmt, quality
         self.network = threading.Lock()
-        self.buffers = PixelBuffers()  # the decoded photos' memory, reused from one to the next
 
     def __call__(self, table: pa.Table) -> pa.Table:
         packs = unpack(table)

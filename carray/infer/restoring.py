@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from .memory import PixelBuffers
 from .packs import WHOLE, from_row, row_coding
 
 
@@ -22,6 +23,7 @@ class RowRestorer:
 
         self.device, self.models = setup_restoring_process(model_files, precision, threads, onnx)
         self.tile, self.tta, self.tile_batch, self.node = tile, tta, tile_batch, node
+        self.buffers = PixelBuffers()  # decoded and restored photos' memory, reused from one to the next
 
     def restore(self, rows: list[dict]) -> None:
         """Restore rows in place. Tile windows and images no larger than a tile go through the network
@@ -54,7 +56,8 @@ class RowRestorer:
             image = from_row(row)
             whole_window = row["tile"] != WHOLE  # a window of a large image is restored in one piece
             tile = max(image.pixels.shape[:2]) if whole_window else self.tile
-            self._keep(row, restore_image(self.models, image, tile, self.device, row_coding(row), self.tta, self.tile_batch).pixels)
+            restored = restore_image(self.models, image, tile, self.device, row_coding(row), self.tta, self.tile_batch, self.buffers.array)
+            self._keep(row, restored.pixels)
         except MemoryError:
             row.update(error="out of memory while restoring (lower --tile)", pixels=b"")
         except Exception as exc:  # keep the job alive; the reason goes to _failures.jsonl

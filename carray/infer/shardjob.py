@@ -25,7 +25,7 @@ from .. import storage
 from ..images import ImageError, encode_image
 from .decode import decode_row, plan_row
 from .layout import FAILURES_FILE, SUMMARY_FILE, Locations
-from .memory import PixelBuffers, keep_freed_memory
+from .memory import keep_freed_memory
 from .packs import from_row
 from .restoring import RowRestorer
 from .shards import ShardResult, expand_braces, rewrite_parquet, rewrite_tar, shard_kind
@@ -75,7 +75,6 @@ class ShardRestorer(RowRestorer):
         self.where, self.policy, self.max_pixels, self.quality = where, policy, max_pixels, jpeg_quality
         self.image_keys, self.image_column, self.overwrite, self.single = image_keys, image_column, overwrite, single
         self.network = threading.Lock()
-        self.buffers = PixelBuffers()  # the decoded images' memory, reused from one to the next
 
     def __call__(self, batch: dict) -> dict:
         rows = [self.rewrite(str(shard)) for shard in batch["shard"]]
