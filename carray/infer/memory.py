@@ -59,16 +59,16 @@ def release_free_memory() -> None:
         trim(0)
 
 
-# What a restoring actor keeps of its decoded images' buffers, free and in use together: a GPU actor's
-# dozen calls at once on 12 MP photos (36 MB each), or two of the 64 MP images it restores whole.
+# What a restoring actor keeps of its images' buffers, free and in use together: a GPU actor's dozen
+# calls at once on 12 MP photos (36 MB each, decoded), or a CPU actor's 64 MP image decoded and restored.
 PIXEL_BUFFER_BYTES = 512 << 20
 
 
 class PixelBuffers:
-    """Uninitialised uint8 arrays for decoded images, from buffers this process keeps and hands out
-    again once nothing refers to them any more: a decoded photo above 10.7 MP (32 MB, past what glibc
-    keeps: keep_freed_memory) was otherwise memory new to the process each time, faulted in and
-    zeroed by the kernel before libjpeg-turbo wrote it (docs/benchmarks.md, session 20).
+    """Uninitialised uint8 arrays for decoded and restored images, from buffers this process keeps
+    and hands out again once nothing refers to them any more: a photo above 10.7 MP (32 MB, past what
+    glibc keeps: keep_freed_memory) was otherwise memory new to the process each time, faulted in and
+    zeroed by the kernel before the decoder, or the restoring, wrote it (docs/benchmarks.md, session 20).
 
     A buffer is in use while any array refers to it: every view of it (a reshaped or sliced array,
     numpy's frombuffer, torch.from_numpy) holds a reference, so its reference count says so, and no
