@@ -171,11 +171,11 @@ def restore_windows_on_host(model, pixels: np.ndarray, tile: int = DEFAULT_TILE,
     only, where planes of the whole image held 12 bytes per pixel in and as many out (a 12 MP photo
     restored whole: 866 MB above the process's start; docs/benchmarks.md, session 20). The same
     pixels as planes of the whole image: each conversion is pixel by pixel."""
-    def window(pixels: np.ndarray) -> np.ndarray:
-        planes, back = network_planes(model, pixels)
+    def restore_window(window: np.ndarray) -> np.ndarray:
+        planes, back = network_planes(model, window)
         return back(run_model(model, planes, None, quality))
 
-    return apply_tiled(pixels, window, tile, tile_margin(model), align=8)
+    return apply_tiled(pixels, restore_window, tile, tile_margin(model), align=8)
 
 
 def restore_in_batches(

@@ -88,12 +88,12 @@ class PixelBuffers:
     def array(self, shape: tuple) -> np.ndarray:
         size = math.prod(shape)
         with self._lock:
-            free = [buffer for buffer, count in zip(self._buffers, self._counts()) if count <= self._unused_count]
-            fits = [buffer for buffer in free if buffer.size >= size]
+            in_use = [count > self._unused_count for count in self._counts()]
+            fits = [buffer for buffer, used in zip(self._buffers, in_use) if not used and buffer.size >= size]
             if fits:
                 return min(fits, key=len)[:size].reshape(shape)
-            smaller = {id(buffer) for buffer in free}
-            self._buffers = [buffer for buffer in self._buffers if id(buffer) not in smaller]
+            # No free buffer is large enough: the free ones, all smaller, are dropped.
+            self._buffers = [buffer for buffer, used in zip(self._buffers, in_use) if used]
             buffer = np.empty(size, np.uint8)
             if self.held_bytes() + size <= self.keep_bytes:
                 self._buffers.append(buffer)
