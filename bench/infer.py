@@ -429,17 +429,30 @@ def object_store_bytes() -> dict[str, int]:
     return found
 
 
-def steady_window(out: Path, cpu, megapixels_by_name: dict[str, float], low: float = 0.25, high: float = 0.9) -> dict[str, float]:
+def steady_window(out: Path, cpu, megapixels_by_name: dict[str, float], low: float = 0.25, high: float = 0.9) -> tuple[dict[str, float], float]:
     """CPU core-seconds per MP inside one run, by kind of process: every process's CPU between the
     times its outputs at the `low` and `high` quantiles were written (start-up before, the last
     packs' tail after) over the megapixels written in between. One run, so it is not the difference
-    of two noisy ones."""
+    of two noisy ones. Also the window's wall seconds per MP."""
     # Outputs are named input + ".jpg" (photo000.jpg -> photo000.jpg.jpg).
     written = sorted((path.stat().st_mtime, megapixels_by_name[path.name.removesuffix(".jpg")]) for path in out.glob("*.jpg"))
     times = [t for t, _ in written]
     first, last = int(len(times) * low), int(len(times) * high)
     megapixels = sum(mp for _, mp in written[first + 1 : last + 1])  # those written after the window opened, up to its end
-    return {stage: seconds / megapixels for stage, seconds in cpu.between(times[first], times[last]).items()}
+    per_mp = {stage: seconds / megapixels for stage, seconds in cpu.between(times[first], times[last]).items()}
+    return per_mp, (times[last] - times[first]) / megapixels
+
+
+def idle_background(seconds: float = 10.0) -> dict[str, float]:
+    """CPU seconds per wall second of every process, by kind, while Ray idles (no job running): its
+    raylet, GCS, dashboard and agents, and its idle workers, poll and report whatever the node
+    restores. A cost per node and second, not per pixel: on this 2-core VM at ~100 MP/s it is
+    ~0.8 ms per MP, on a 16-CPU GPU node at 1000 MP/s a tenth of that."""
+    from stages import CpuByStage
+
+    with CpuByStage() as idle:
+        time.sleep(seconds)
+    return {stage: spent / seconds for stage, spent in idle.seconds.items() if spent}
 
 
 def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_size: int = 0, source: Path | None = None) -> dict:
@@ -468,7 +481,10 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
     model = save_identity_model(str(tmp / "identity.pt"))
     make_photos(tmp / "photos-warm", 1)  # actors that import torch (the identity network runs on it) start once before the timing
     job(tmp / "photos-warm", tmp / "ceiling-warm", model, runtime="torch")
-    results = {"photos": count, "megapixels": megapixels}
+    time.sleep(2)  # the warm job's actors gone
+    background = idle_background()
+    idle_rate = sum(background.values())  # CPU seconds per second
+    results = {"photos": count, "megapixels": megapixels, "idle_background_cpu_per_s": background}
     # Every photo is restored (pass_through_from=101): camera photos at q95 and up would otherwise be
     # passed through as their own bytes, and the ceiling measures the restoring path. Photos are cut
     # into tiles as on a GPU node (CEILING_SPLIT_ABOVE), whose CPU side the ceiling measures.
@@ -492,7 +508,7 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         used = sum(cpu.seconds.values())
         marginal = (used - sum(cpu_half.seconds.values())) / extra_mp  # core-seconds per MP
         per_core = 1 / marginal
-        within_stages = steady_window(tmp / f"ceiling-{fmt}", cpu, by_name) if fmt == "jpeg" else {}
+        within_stages, within_wall = steady_window(tmp / f"ceiling-{fmt}", cpu, by_name) if fmt == "jpeg" else ({}, 0.0)
         within = sum(within_stages.values()) or None
         wall_rate = extra_mp / (summary["seconds"] - first["seconds"])
         pillow = (loop["pillow_mp_per_s"] + again["pillow_mp_per_s"]) / 2
@@ -527,6 +543,14 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         if network:
             print(f"    without the network's own step ({network * 1e3:.2f} ms per MP: the identity's float conversions, a GPU's work on a "
                   f"GPU node): {1 / (marginal - network):.1f} MP/s per core = {1 / (marginal - network) / pillow:.2f}x Pillow alone")
+        idle_steady = idle_rate / wall_rate  # core-seconds per MP of the steady state's wall time
+        net = 1 / (marginal - idle_steady)
+        print(f"    Ray idling, before the jobs (10 s, no job): {idle_rate * 1e3:.0f} ms of CPU per s ("
+              + ", ".join(f"{stage} {rate * 1e3:.0f}" for stage, rate in sorted(background.items(), key=lambda kv: -kv[1]))
+              + f"): a cost per node and second, here {idle_steady * 1e3:.2f} ms per MP of the steady state, "
+              f"{idle_rate:.3f} ms per MP on a node at 1000 MP/s")
+        print(f"      the steady state less it: {net:.1f} MP/s per core = {net / pillow:.2f}x Pillow alone"
+              + (f"; inside the run {1 / (within - idle_rate * within_wall) / pillow:.2f}x" if within else ""))
         print(f"  start-up: {startup_cpu:.1f} core-s beyond the steady cost (workers, actors importing torch and loading the model)")
         print("  steady CPU per MP by kind of process:")
         for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
@@ -539,6 +563,8 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         results[fmt] = {"pillow_mp_per_s_per_core": pillow, "carray_loop_mp_per_s_per_core": carray_loop, "turbo_mp_per_s_per_core": turbo,
                         "loop_write_core_ms_per_mp": write * 1e3, "within_run_core_ms_per_mp": within and within * 1e3,
                         "within_run_ratio_to_pillow": within and 1 / within / pillow,
+                        "idle_background_core_ms_per_mp": idle_steady * 1e3, "ratio_to_pillow_less_idle_background": net / pillow,
+                        "within_run_ratio_to_pillow_less_idle_background": within and 1 / (within - idle_rate * within_wall) / pillow,
                         "within_run_stage_core_ms_per_mp": {k: v * 1e3 for k, v in within_stages.items()},
                         "busy_loops_mp_per_s_per_core": busy, "within_run_ratio_to_busy_pillow": within and 1 / within / busy["pillow_mp_per_s"],
                         "ratio_to_turbo": per_core / turbo if turbo else None,

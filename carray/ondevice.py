@@ -23,12 +23,21 @@ from .model import conditioning
 from .patches import plan_tiles
 
 
+def pinned_host_buffer(size: int) -> np.ndarray:
+    """`size` bytes of page-locked host memory (torch's caching host allocator), as a numpy array that
+    keeps it alive: photos decoded into it upload as they are, where pageable memory is first copied
+    into pinned memory by _upload (a memcpy of every photo on the CPUs of a GPU node)."""
+    return torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
+
+
 def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 pixels -> a tensor on `device`. To CUDA through pinned memory, non-blocking: pixels
+    already in pinned memory (pinned_host_buffer) are read in place, others copied there first."""
     with warnings.catch_warnings():  # read-only pixels (a view of a row's bytes): nothing here writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         x = torch.from_numpy(np.ascontiguousarray(pixels))
     cuda = device.type == "cuda"
-    return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)
+    return (x.pin_memory() if cuda else x).to(device, non_blocking=cuda)  # pin_memory() of a pinned tensor is the tensor
 
 
 def _empty_like(x: torch.Tensor, allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> torch.Tensor:
@@ -126,10 +135,22 @@ def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Te
     return model(planes.contiguous(memory_format=torch.channels_last), q).float()
 
 
-def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.device, qualities: list) -> list[np.ndarray]:
-    """Images of one shape (uint8), each restored in one piece, in one forward pass -> uint8 each."""
+def _stack(pixels: list[np.ndarray], allocate: Optional[Callable[[tuple], np.ndarray]]) -> np.ndarray:
+    if allocate is None:
+        return np.stack(pixels)
+    stacked = allocate((len(pixels), *pixels[0].shape))
+    for i, image in enumerate(pixels):
+        stacked[i] = image
+    return stacked
+
+
+def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.device, qualities: list,
+                            allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> list[np.ndarray]:
+    """Images of one shape (uint8), each restored in one piece, in one forward pass -> uint8 each.
+    The batch is stacked into an array from `allocate(shape)` where given (on a GPU actor pinned
+    memory it keeps: one copy of the pixels where a new array and its pinned copy took two)."""
     with torch.inference_mode():
-        x = _upload(np.stack(pixels), device)
+        x = _upload(_stack(pixels, allocate), device)
         return list(_download(to_pixels(model, _forward(model, to_planes(model, x), qualities), x)))
 
 

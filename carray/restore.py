@@ -180,13 +180,15 @@ def restore_windows_on_host(model, pixels: np.ndarray, tile: int = DEFAULT_TILE,
 
 def restore_in_batches(
     items: list[tuple[nn.Module, np.ndarray, Optional[float]]], device: torch.device, batch: int,
+    allocate: Optional[Callable[[tuple], np.ndarray]] = None,
 ) -> list[np.ndarray]:
     """(model, uint8 pixels, quality) items, each restored in one piece (a tile window, or an image
     no larger than a tile) -> their restored uint8 pixels, in order.
 
     Items with the same model and planes shape go through the network `batch` at a time in one
     forward pass (a GPU is fed far better by a few large calls than by many small ones); each result
-    equals :func:`restore_pixels` of the item with a tile as large as the item."""
+    equals :func:`restore_pixels` of the item with a tile as large as the item. `allocate(shape)`:
+    where a PyTorch network's batch is stacked (carray.ondevice.restore_batch_on_device)."""
     results: list[Optional[np.ndarray]] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, (model, pixels, _) in enumerate(items):
@@ -195,19 +197,19 @@ def restore_in_batches(
         model = items[members[0]][0]
         for start in range(0, len(members), max(1, batch)):
             chunk = members[start : start + max(1, batch)]
-            outs = _restore_chunk(model, [items[i][1] for i in chunk], device, [items[i][2] for i in chunk])
+            outs = _restore_chunk(model, [items[i][1] for i in chunk], device, [items[i][2] for i in chunk], allocate)
             for i, out in zip(chunk, outs):
                 results[i] = out
     return results
 
 
-def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list) -> list[np.ndarray]:
+def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list, allocate=None) -> list[np.ndarray]:
     """uint8 images of one shape through the network in one forward pass: on a PyTorch network's
     device (carray/ondevice.py), or through float32 planes on the host for an ONNX network."""
     if is_torch_network(model):
         from .ondevice import restore_batch_on_device
 
-        return restore_batch_on_device(model, pixels, device or network_device(model), qualities)
+        return restore_batch_on_device(model, pixels, device or network_device(model), qualities, allocate)
     planes, backs = zip(*(network_planes(model, p) for p in pixels))
     return [back(out) for back, out in zip(backs, run_batch(model, list(planes), device, qualities))]
 

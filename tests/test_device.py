@@ -25,7 +25,7 @@ def test_both_calls_run_at_toy_size_and_become_docs(tmp_path):
     first = run_call(1, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     env = json.loads((out / "env.json").read_text())
-    assert env["ray"].startswith("2.") and env["torch"], env
+    assert env["ray"].startswith("2.") and env["torch"] and env["upload"] == "no CUDA here", env
     network = json.loads((out / "network.json").read_text())
     assert [r["batch"] for r in network["rows"]] == [1, 2] and all(r["mp_per_s"] > 0 for r in network["rows"])
     assert {v["variant"] for v in network["variants"]} == {"contiguous", "graphs"}, "each variant measured or its reason kept"

@@ -62,6 +62,30 @@ def test_restored_pixels_go_into_the_actors_kept_buffers(networks, shape):
     assert buffers.array(shape).ctypes.data == address
 
 
+def test_batches_stack_into_kept_buffers_made_from_torch_memory_as_a_gpu_actors_pinned_ones(networks):
+    """A GPU actor's kept buffers are numpy arrays over torch tensors' memory (pinned_host_buffer:
+    pinned there; plain torch memory here, the same objects): a view of one still marks it in use,
+    and a batch stacked into one restores to the pixels a batch stacked anew gives, the buffer
+    free again once the call returns."""
+    from carray.infer.memory import PixelBuffers
+
+    buffers = PixelBuffers(new_buffer=lambda size: torch.empty(size, dtype=torch.uint8).numpy())
+    held = buffers.array((4, 5, 3))
+    view = held[1:, ::2]
+    address = held.ctypes.data
+    del held
+    assert buffers.array((4, 5, 3)).ctypes.data != address, "a buffer a view refers to was handed out"
+    del view
+    assert buffers.array((4, 5, 3)).ctypes.data == address
+    rng = np.random.default_rng(4)
+    items = [(networks["color"], rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), 20) for _ in range(3)]
+    stacked = restore_in_batches(items, CPU, batch=3, allocate=buffers.array)
+    assert all(np.array_equal(a, b) for a, b in zip(stacked, restore_in_batches(items, CPU, batch=3)))
+    before = buffers.held_bytes()
+    assert buffers.array((3, 40, 48, 3)).ctypes.data in {b.ctypes.data for b in buffers._buffers}
+    assert buffers.held_bytes() == before, "the batch's buffer was not free again after the call"
+
+
 def test_batches_group_by_model_and_shape(networks):
     rng = np.random.default_rng(2)
     items = [(networks["gray"], rng.integers(0, 256, (40, 48), dtype=np.uint8), None),

@@ -137,6 +137,13 @@ def install(call: Call, carried: Path) -> dict:
     for line in output.stdout.splitlines():
         if line.startswith("ENV "):
             result.update(json.loads(line[4:]))
+    try:  # a GPU actor's kept buffers: pinned, and what their upload saves (bench/device/upload.py)
+        output = subprocess.run([sys.executable, "bench/device/upload.py"], cwd=REPO, env=call.env(), capture_output=True, text=True, timeout=60)
+        call.log.write(output.stdout + output.stderr)
+        result.update(next((json.loads(line[7:]) for line in output.stdout.splitlines() if line.startswith("UPLOAD ")),
+                           {"upload": f"no result (exit {output.returncode})"}))
+    except subprocess.TimeoutExpired:
+        result["upload"] = "timed out after 60 s"
     smi = shutil.which("nvidia-smi")
     result["nvidia_smi"] = subprocess.run([smi], capture_output=True, text=True).stdout if smi else "no nvidia-smi (no GPU here)"
     call.say(f"install: python {result.get('python')}, torch {result.get('torch')} (CUDA {result.get('cuda')}), GPU {result.get('gpu')}, "

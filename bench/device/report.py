@@ -37,6 +37,12 @@ def load(folder: Path, name: str):
 def network_section(env: dict, net: dict) -> list[str]:
     lines = [f"Device: {env.get('gpu') or 'no GPU'} ({env.get('cpus')} CPUs), Python {env.get('python')}, torch {env.get('torch')} "
              f"(CUDA {env.get('cuda')}), Ray {env.get('ray')}; network {Path(net.get('model', '?')).name}, tiles {net.get('tile')} + margin {net.get('margin')}.", ""]
+    upload = env.get("upload")
+    if isinstance(upload, dict):
+        lines += [f"A 12 MP photo's upload (bench/device/upload.py): from a GPU actor's kept buffer (pinned: {upload['kept_buffer_is_pinned']}) "
+                  + " / ".join(f"{_f(upload['pinned_kept_buffer'][k])}" for k in ("wall_ms_per_mp", "cpu_ms_per_mp"))
+                  + ", from pageable memory " + " / ".join(f"{_f(upload['pageable'][k])}" for k in ("wall_ms_per_mp", "cpu_ms_per_mp"))
+                  + " ms per MP (wall / CPU).", ""]
     if not net.get("rows"):
         return lines + ["The network step brought nothing back.", ""]
     lines += ["| precision | tile batch | network MP/s | actor path MP/s | share of peak |", "|---|---|---|---|---|"]

@@ -5,6 +5,7 @@ import functools
 import math
 import sys
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -64,6 +65,10 @@ def release_free_memory() -> None:
 PIXEL_BUFFER_BYTES = 512 << 20
 
 
+def new_host_buffer(size: int) -> np.ndarray:
+    return np.empty(size, np.uint8)
+
+
 class PixelBuffers:
     """Uninitialised uint8 arrays for decoded and restored images, from buffers this process keeps
     and hands out again once nothing refers to them any more: a photo above 10.7 MP (32 MB, past what
@@ -73,10 +78,13 @@ class PixelBuffers:
     A buffer is in use while any array refers to it: every view of it (a reshaped or sliced array,
     numpy's frombuffer, torch.from_numpy) holds a reference, so its reference count says so, and no
     caller has to give anything back. Held: up to `keep_bytes`; a free buffer smaller than a new one
-    is dropped (a collection's largest photos set the size); beyond the bound arrays are new."""
+    is dropped (a collection's largest photos set the size); beyond the bound arrays are new.
 
-    def __init__(self, keep_bytes: int = PIXEL_BUFFER_BYTES):
-        self.keep_bytes = keep_bytes
+    `new_buffer(size)` makes a buffer of `size` bytes: numpy's memory, or on a GPU actor pinned host
+    memory (carray.ondevice.pinned_host_buffer), which the upload to the GPU reads as it is."""
+
+    def __init__(self, keep_bytes: int = PIXEL_BUFFER_BYTES, new_buffer: Callable[[int], np.ndarray] = new_host_buffer):
+        self.keep_bytes, self.new_buffer = keep_bytes, new_buffer
         self._lock = threading.Lock()
         self._buffers = [np.empty(0, np.uint8)]
         self._unused_count = self._counts()[0]  # what a buffer no array refers to counts, measured as array() does
@@ -94,7 +102,7 @@ class PixelBuffers:
                 return min(fits, key=len)[:size].reshape(shape)
             # No free buffer is large enough: the free ones, all smaller, are dropped.
             self._buffers = [buffer for buffer, used in zip(self._buffers, in_use) if used]
-            buffer = np.empty(size, np.uint8)
+            buffer = self.new_buffer(size)
             if self.held_bytes() + size <= self.keep_bytes:
                 self._buffers.append(buffer)
             return buffer.reshape(shape)

@@ -23,7 +23,7 @@ class RowRestorer:
 
         self.device, self.models = setup_restoring_process(model_files, precision, threads, onnx)
         self.tile, self.tta, self.tile_batch, self.node = tile, tta, tile_batch, node
-        self.buffers = PixelBuffers()  # decoded and restored photos' memory, reused from one to the next
+        self.buffers = PixelBuffers(**_pinned_on_gpu(self.device))  # photos' memory, reused from one to the next
 
     def restore(self, rows: list[dict]) -> None:
         """Restore rows in place. Tile windows and images no larger than a tile go through the network
@@ -46,7 +46,7 @@ class RowRestorer:
 
         images = [from_row(row) for row in rows]
         items = [(pick_model(self.models, image), image.pixels, row_coding(row)) for row, image in zip(rows, images)]
-        for row, pixels in zip(rows, restore_in_batches(items, self.device, self.tile_batch)):
+        for row, pixels in zip(rows, restore_in_batches(items, self.device, self.tile_batch, self.buffers.array)):
             self._keep(row, pixels)
 
     def _restore_one(self, row: dict) -> None:
@@ -72,6 +72,16 @@ class RowRestorer:
             row.update(height=y1 - y0, width=x1 - x0)
         row["pixels"] = np.ascontiguousarray(restored) if row["tile"] == WHOLE else restored.tobytes()
         row["node"] = self.node
+
+
+def _pinned_on_gpu(device) -> dict:
+    """A GPU actor keeps its photos in pinned host memory: decoded there, they upload without the
+    copy into pinned memory each would otherwise take (carray.ondevice._upload)."""
+    if device is None or device.type != "cuda":
+        return {}
+    from ..ondevice import pinned_host_buffer
+
+    return {"new_buffer": pinned_host_buffer}
 
 
 def needs_restoring(row: dict) -> bool:
