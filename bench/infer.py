@@ -26,7 +26,8 @@ Cases:
               per output --formats; what a GPU node's CPUs can feed its GPU. Beside it, in the same
               command, a bare loop that reads, decodes and encodes the same photos; the job's steady
               rate (its second half) against it; CPU per MP of each kind of process (bench/stages.py);
-              object-store bytes per input MP (Ray Data's own stats). --ceiling-photos DIR: your own colour
+              object-store bytes per input MP (Ray Data's own stats); Ray's CPU while it idles (10 s before
+              the jobs: a cost per node and second) and the ratios less it. --ceiling-photos DIR: your own colour
               JPEGs instead (camera photos, as they are), repeated to --photos.
   listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
               JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the

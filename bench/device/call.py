@@ -5,7 +5,7 @@ bench/device/pack.py) and runs, each step time-boxed (BUDGETS) with its results 
 it finishes, so a call cut short still returns the steps before:
 
   a. install   Ray from the carry into .device/site (kept on a warm machine for call 2), nvidia-smi,
-               versions                                                        -> env.json
+               versions, a 12 MP photo's upload from pinned kept buffers (bench/device/upload.py) -> env.json
   b. network   bench/gpu.py on the colour network: fp32/fp16/bf16 x tile batch, channels_last off,
                CUDA graphs, torch.compile; share of peak; LIVE1 PSNR against fp32  -> network.json
   c. infer     >= 500 colour photos of 12 MP made on the node from the carried images; the real
