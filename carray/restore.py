@@ -152,12 +152,10 @@ def restore_pixels(
     it; `tta`: x8 ensemble; `batch`: tile windows per forward pass (PyTorch networks); `allocate(shape)`:
     where a PyTorch network on the CPU puts the restored pixels (an uninitialised uint8 array).
 
-    A PyTorch network restores on its device (carray/ondevice.py); an ONNX network on the host, a
-    window at a time (:func:`restore_windows_on_host`); the x8 ensemble through float32 planes of
-    the whole image on the host."""
+    A PyTorch network restores on its device (carray/ondevice.py); an ONNX network, and the x8
+    ensemble of either, on the host a window at a time (:func:`restore_windows_on_host`)."""
     if tta:
-        planes, back = network_planes(model, pixels)
-        return back(restore_planes(model, planes, tile, device, quality, tta))
+        return restore_windows_on_host(model, pixels, tile, quality, tta=True, device=device)
     if is_torch_network(model):  # uint8 in and out, everything between on the network's device
         from .ondevice import restore_tiled_on_device
 
@@ -165,14 +163,22 @@ def restore_pixels(
     return restore_windows_on_host(model, pixels, tile, quality)
 
 
-def restore_windows_on_host(model, pixels: np.ndarray, tile: int = DEFAULT_TILE, quality: Optional[float] = None) -> np.ndarray:
-    """uint8 in, uint8 out, through an ONNX network a window at a time: each window made float
-    planes, restored and turned back into uint8, its core stitched. Float exists for one window
+def restore_windows_on_host(model, pixels: np.ndarray, tile: int = DEFAULT_TILE, quality: Optional[float] = None,
+                            tta: bool = False, device: Optional[torch.device] = None) -> np.ndarray:
+    """uint8 in, uint8 out, through the network on the host a window at a time: each window made
+    float planes, restored and turned back into uint8, its core stitched. Float exists for one window
     only, where planes of the whole image held 12 bytes per pixel in and as many out (a 12 MP photo
     restored whole: 866 MB above the process's start; docs/benchmarks.md, session 20). The same
-    pixels as planes of the whole image: each conversion is pixel by pixel."""
+    pixels as planes of the whole image: each conversion is pixel by pixel.
+
+    `tta`: each window's x8 self-ensemble (:func:`self_ensemble`). Windows start on the 8-pixel grid
+    and their margin covers the network's receptive field, so each of the eight transforms of a
+    window restores its core as the transform of the whole image does; the whole image's float64
+    sum and its padded copies (about 70 bytes per pixel; docs/benchmarks.md, session 21) are never made."""
     def restore_window(window: np.ndarray) -> np.ndarray:
         planes, back = network_planes(model, window)
+        if tta:
+            return back(restore_planes(model, planes, max(planes.shape[:2]), device, quality, tta=True))
         return back(run_model(model, planes, None, quality))
 
     return apply_tiled(pixels, restore_window, tile, tile_margin(model), align=8)

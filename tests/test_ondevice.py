@@ -86,6 +86,37 @@ def test_batches_stack_into_kept_buffers_made_from_torch_memory_as_a_gpu_actors_
     assert buffers.held_bytes() == before, "the batch's buffer was not free again after the call"
 
 
+@pytest.mark.parametrize("kind", ["gray", "color"])
+@pytest.mark.parametrize("shape", [(75, 101), (75, 101, 3)])
+def test_the_x8_ensemble_restores_a_window_at_a_time_as_the_whole_image_does(networks, kind, shape):
+    """--tta: each tile window's eight transforms restore its core as the whole image's do (windows on
+    the 8-pixel grid, margins past the receptive field), without float planes of the whole image."""
+    import tracemalloc
+
+    model = networks[kind]
+    quality = 30 if kind == "color" else None
+    pixels = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+
+    def whole(image):
+        planes, back = network_planes(model, image)
+        return back(restore_planes(model, planes, 512, CPU, quality, tta=True))
+
+    windows = restore_pixels(model, pixels, tile=24, quality=quality, tta=True)
+    expected = whole(pixels)
+    assert windows.shape == pixels.shape and np.abs(windows.astype(int) - expected).max() <= 1
+    assert (windows == expected).mean() > 0.999
+    if kind == "gray":  # (the colour test network, freshly initialised, is close to the identity: its 8 transforms agree)
+        assert not np.array_equal(windows, restore_pixels(model, pixels, tile=24, quality=quality)), "no ensemble ran"
+    large = np.random.default_rng(6).integers(0, 256, (240, 320) + shape[2:], dtype=np.uint8)
+    peaks = []
+    for restore in (whole, lambda image: restore_pixels(model, image, tile=32, quality=quality, tta=True)):
+        tracemalloc.start()
+        restore(large)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < large.size + 2_000_000 < peaks[0], peaks
+
+
 def test_batches_group_by_model_and_shape(networks):
     rng = np.random.default_rng(2)
     items = [(networks["gray"], rng.integers(0, 256, (40, 48), dtype=np.uint8), None),
