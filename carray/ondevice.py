@@ -26,8 +26,12 @@ from .patches import plan_tiles
 def pinned_host_buffer(size: int) -> np.ndarray:
     """`size` bytes of page-locked host memory (torch's caching host allocator), as a numpy array that
     keeps it alive: photos decoded into it upload as they are, where pageable memory is first copied
-    into pinned memory by _upload (a memcpy of every photo on the CPUs of a GPU node)."""
-    return torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
+    into pinned memory by _upload (a memcpy of every photo on the CPUs of a GPU node). Where pinned
+    memory is refused, pageable memory: the upload copies it, as it always did."""
+    try:
+        return torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
+    except RuntimeError:
+        return np.empty(size, np.uint8)
 
 
 def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -84,6 +84,10 @@ def test_batches_stack_into_kept_buffers_made_from_torch_memory_as_a_gpu_actors_
     before = buffers.held_bytes()
     assert buffers.array((3, 40, 48, 3)).ctypes.data in {b.ctypes.data for b in buffers._buffers}
     assert buffers.held_bytes() == before, "the batch's buffer was not free again after the call"
+    from carray.ondevice import pinned_host_buffer  # where pinned memory is refused (no CUDA here): pageable, of the size
+
+    fallback = pinned_host_buffer(64)
+    assert fallback.dtype == np.uint8 and fallback.size == 64 and fallback.flags.writeable
 
 
 @pytest.mark.parametrize("kind", ["gray", "color"])
