@@ -209,7 +209,8 @@ def restore_in_batches(
     return results
 
 
-def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list, allocate=None) -> list[np.ndarray]:
+def _restore_chunk(model, pixels: list[np.ndarray], device, qualities: list,
+                   allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> list[np.ndarray]:
     """uint8 images of one shape through the network in one forward pass: on a PyTorch network's
     device (carray/ondevice.py), or through float32 planes on the host for an ONNX network."""
     if is_torch_network(model):
