@@ -29,6 +29,8 @@ Cases:
               object-store bytes per input MP (Ray Data's own stats); Ray's CPU while it idles (10 s before
               the jobs: a cost per node and second) and the ratios less it. --ceiling-photos DIR: your own colour
               JPEGs instead (camera photos, as they are), repeated to --photos.
+  bucket-writes  --bucket-outputs outputs of --bucket-output-mb MB to a SeaweedFS bucket as the job writes them
+              (one write of the bytes) and gathered in memory first (the code before): CPU per output.
   listing     --keys objects in --folders folders on a SeaweedFS bucket (the tests' S3 server), 64 small
               JPEGs among text files: keys/s of a sequential walk, the job's keys/s end to end, and the
               seconds from the job's start to its first output.
@@ -630,6 +632,39 @@ def put_objects(fs, items) -> None:
         list(pool.map(put, items))
 
 
+def case_bucket_writes(tmp: Path, outputs: int, size_mb: float, rounds: int = 4) -> dict:
+    """Outputs written to a bucket (the tests' SeaweedFS server) as the job writes them
+    (carray.storage.write_bytes_atomic: the bytes in one write) against the bytes gathered in memory
+    first (atomic_output's object-store path, what write_bytes_atomic did until session 21): this
+    process's CPU per output (pyarrow's upload threads included), the two alternating, round 1 a
+    warm-up."""
+    from carray import storage
+
+    data = np.random.default_rng(0).integers(0, 256, int(size_mb * 2**20), dtype=np.uint8).tobytes()
+
+    def gathered(fs, path: str) -> None:
+        with storage.atomic_output(fs, path) as stream:
+            stream.write(data)
+
+    def direct(fs, path: str) -> None:
+        storage.write_bytes_atomic(fs, path, data)
+
+    spent: dict[str, list[float]] = {"gathered": [], "direct": []}
+    with bench_bucket(tmp / "bucket-writes") as (_, fs):
+        for _ in range(rounds):
+            for name, write in (("gathered", gathered), ("direct", direct)):
+                started = time.process_time()
+                for i in range(outputs):
+                    write(fs, f"bench/{name}-{i}.jpg")
+                spent[name].append((time.process_time() - started) / outputs * 1e3)
+    median = {name: float(np.median(ms[1:])) for name, ms in spent.items()}
+    print(f"bucket writes: {outputs} outputs of {size_mb:g} MB, {rounds} rounds each, CPU ms per output: "
+          + "; ".join(f"{name} " + ", ".join(f"{v:.1f}" for v in ms) for name, ms in spent.items())
+          + f"; median after the first: gathered {median['gathered']:.1f}, in one write {median['direct']:.1f} "
+          f"({median['gathered'] - median['direct']:.1f} ms saved per output, {median['direct'] / median['gathered']:.2f}x)")
+    return {"outputs": outputs, "size_mb": size_mb, "cpu_ms_per_output": spent, "median_after_first": median}
+
+
 def case_listing(tmp: Path, model_path: str, keys: int, folders: int) -> dict:
     """A bucket of `keys` objects on the SeaweedFS server the tests use (tests/support/s3.py), in
     `folders` folders: one small JPEG first in each folder (64 in all at most), the rest small text
@@ -878,7 +913,8 @@ def case_preview(tmp: Path, shown: int, photos: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan", "preview", "shards", "shard-memory"]
+    cases = ["collection", "small", "large", "precision", "driver", "passthrough", "ceiling", "listing", "scan", "preview", "shards", "shard-memory",
+             "bucket-writes"]
     parser.add_argument("--cases", nargs="+", default=cases, choices=cases)
     parser.add_argument("--model", default=None, help="model file (default: the shipped gray model)")
     parser.add_argument("--copies", type=int, default=4, help="times the 29 LIVE1 images are restored in the collection case")
@@ -909,6 +945,8 @@ def main() -> None:
     parser.add_argument("--shard-images", type=int, default=100_000, help="small JPEGs in the shards case, as files and as shards")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard in the shards case")
     parser.add_argument("--shard-photos", type=int, default=24, help="9.4 MP photos in the shard-memory case's one shard")
+    parser.add_argument("--bucket-outputs", type=int, default=12, help="outputs per round in the bucket-writes case")
+    parser.add_argument("--bucket-output-mb", type=float, default=15.0, help="their size in MB (15: a 12 MP photo's q98 4:4:4 JPEG)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -952,6 +990,8 @@ def main() -> None:
             results["shards"] = case_shards(tmp, model_path, args.shard_images, args.shard_size)
         if "shard-memory" in args.cases:
             results["shard-memory"] = case_shard_memory(tmp, model_path, args.shard_photos)
+        if "bucket-writes" in args.cases:
+            results["bucket-writes"] = case_bucket_writes(tmp, args.bucket_outputs, args.bucket_output_mb)
         ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -23,6 +23,25 @@ def test_an_interrupted_s3_write_publishes_nothing(bucket):
     assert fs.open_input_stream(f"{name}/out/whole.bin").read() == b"b" * 10
 
 
+def test_an_output_goes_up_from_its_own_bytes_in_parts_and_arrives_whole(bucket, monkeypatch):
+    """write_bytes_atomic to a bucket: the bytes in one write, not gathered in a buffer first (a copy
+    of every output: bench/infer.py --cases bucket-writes), in 10 MB parts; the object is the bytes."""
+    import os
+
+    import pyarrow as pa
+
+    options, name = bucket
+    fs = options.filesystem()
+    data = os.urandom(23 << 20)
+
+    def gathered(*args, **kwargs):
+        raise AssertionError("the output was gathered in memory before its upload")
+
+    monkeypatch.setattr(pa, "BufferOutputStream", gathered)
+    storage.write_bytes_atomic(fs, f"{name}/out/large.jpg", data)
+    assert fs.open_input_stream(f"{name}/out/large.jpg").read() == data
+
+
 def requests_made(server, action) -> dict[str, int]:
     """The S3 requests, by type, the server served while `action` ran. The server counts a request
     after answering it: its counters are read until they hold still (a count one short was seen)."""
