@@ -945,8 +945,9 @@ def main() -> None:
     parser.add_argument("--shard-images", type=int, default=100_000, help="small JPEGs in the shards case, as files and as shards")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard in the shards case")
     parser.add_argument("--shard-photos", type=int, default=24, help="9.4 MP photos in the shard-memory case's one shard")
-    parser.add_argument("--bucket-outputs", type=int, default=12, help="outputs per round in the bucket-writes case")
-    parser.add_argument("--bucket-output-mb", type=float, default=15.0, help="their size in MB (15: a 12 MP photo's q98 4:4:4 JPEG)")
+    parser.add_argument("--bucket-outputs", type=int, default=24, help="outputs per round in the bucket-writes case")
+    parser.add_argument("--bucket-output-mb", type=float, default=5.0,
+                        help="their size in MB (5: a 12 MP camera photo's q98 4:4:4 JPEG, 0.36-0.58 bytes per pixel)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.repeat < 1:

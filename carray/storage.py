@@ -197,8 +197,8 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """`data` as the whole of `path`, never seen half-written: locally through :func:`atomic_output`;
     to an object store in one write of the bytes as they are (:func:`_put_whole`). Gathering them
     first, as atomic_output must for a body that writes piece by piece, copied every output once
-    more: 5-10 ms of CPU per 15 MB output, a 12 MP photo's q98 JPEG (bench/infer.py --cases
-    bucket-writes; docs/benchmarks.md, session 21)."""
+    more: 2.5-3 ms of CPU per 5 MB output, a 12 MP camera photo's q98 JPEG, 5.5 per 15 MB
+    (bench/infer.py --cases bucket-writes; docs/benchmarks.md, session 21)."""
     if isinstance(fs, pafs.LocalFileSystem):
         with atomic_output(fs, path) as stream:
             stream.write(data)
