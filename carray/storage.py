@@ -106,20 +106,23 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def files_exist(fs: pafs.FileSystem, paths: list[str]) -> list[bool]:
-    """Whether each path is a file. On an object store one HEAD request per path: get_file_info asks
-    about a missing key twice (HEAD, then a LIST to see whether it is a folder), and a LIST bills
-    12.5x a HEAD. A folder is not a file."""
+    """Whether each path is a file with something in it. On an object store one HEAD request per
+    path: get_file_info asks about a missing key twice (HEAD, then a LIST to see whether it is a
+    folder), and a LIST bills 12.5x a HEAD. A folder is not a file, and an empty one does not count:
+    no image is empty, and an upload that fails to start (pyarrow's CreateMultipartUpload, for an
+    object above 10 MB) can leave one behind when its stream is closed (it then PUTs what it holds:
+    nothing), which a re-run must redo rather than skip."""
     if isinstance(fs, pafs.LocalFileSystem):
-        return [info.type == pafs.FileType.File for info in fs.get_file_info(paths)]
+        return [info.type == pafs.FileType.File and info.size > 0 for info in fs.get_file_info(paths)]
     return [_is_object(fs, path) for path in paths]
 
 
 def _is_object(fs: pafs.FileSystem, path: str) -> bool:
     try:
-        fs.open_input_file(path).close()  # a HEAD: opening reads the size, not the bytes
+        with fs.open_input_file(path) as f:  # a HEAD: opening reads the size, not the bytes
+            return f.size() > 0
     except (FileNotFoundError, IsADirectoryError):  # a missing key; a folder (where a store has folders)
         return False
-    return True
 
 
 def list_files(fs: pafs.FileSystem, root: str, extensions: Iterable[str]) -> list[str]:
@@ -188,7 +191,8 @@ def atomic_output(fs: pafs.FileSystem, path: str, spill: bool = False) -> Iterat
 def _put_whole(fs: pafs.FileSystem, path: str, data) -> None:
     """Complete bytes to an object store in one write: the object is published once the upload
     completes, which pyarrow's stream does only when every part has been stored (a part that fails
-    leaves nothing), and no code of ours runs between the parts to interrupt it half-way."""
+    leaves nothing), and no code of ours runs between the parts to interrupt it half-way. (An upload
+    that fails to start can leave an empty object as its stream closes: files_exist does not count it.)"""
     with fs.open_output_stream(path) as stream:
         stream.write(data)
 

@@ -70,15 +70,20 @@ def test_whether_outputs_exist_costs_one_head_each_and_no_listing(s3_server, buc
     every missing key, to see whether it is a folder; LISTs bill 12.5x a HEAD)."""
     options, name = bucket
     fs = options.filesystem()
-    storage.write_bytes_atomic(fs, f"{name}/d/a.jpg", b"a")
-    paths = [f"{name}/d/a.jpg", f"{name}/d/missing.jpg", f"{name}/d"]
+    def write() -> None:
+        storage.write_bytes_atomic(fs, f"{name}/d/a.jpg", b"a")
+        storage.write_bytes_atomic(fs, f"{name}/d/empty.jpg", b"")  # what a failed upload's close can leave: to be redone
+
+    requests_made(s3_server, write)  # (counted until the server's counters hold still)
+    paths = [f"{name}/d/a.jpg", f"{name}/d/missing.jpg", f"{name}/d", f"{name}/d/empty.jpg"]
     found = []
-    assert requests_made(s3_server, lambda: found.extend(storage.files_exist(fs, paths))) == {"GET": 3}
-    assert found == [True, False, False]
+    assert requests_made(s3_server, lambda: found.extend(storage.files_exist(fs, paths))) == {"GET": 4}
+    assert found == [True, False, False, False]
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "d" / "empty.jpg").write_bytes(b"")
     local = pafs.LocalFileSystem()
-    assert storage.files_exist(local, [str(tmp_path / "d" / "a.jpg"), str(tmp_path / "d" / "missing.jpg"), str(tmp_path / "d")]) == [True, False, False]
+    assert storage.files_exist(local, [str(tmp_path / "d" / n) for n in ("a.jpg", "missing.jpg", "", "empty.jpg")]) == [True, False, False, False]
 
 
 def test_a_missing_output_bucket_is_an_error_unless_asked_to_create_it(s3_server, tmp_path, monkeypatch, capsys):
