@@ -155,20 +155,23 @@ def atomic_output(fs: pafs.FileSystem, path: str, spill: bool = False) -> Iterat
 
     Local: a hidden temporary beside the target, renamed over it on success (atomic on POSIX) and
     removed on failure. Object stores: the bytes are gathered in memory and uploaded only once the
-    body has finished: pyarrow's S3 stream completes a multipart upload on close() even when an
-    exception interrupted the writing, which would publish a truncated object. `spill`: gathered in
-    a local temporary file instead (a shard of gigabytes), uploaded from it in 8 MB pieces.
+    body has finished, in one write (:func:`_put_whole`): pyarrow's S3 stream completes a multipart
+    upload on close() even when an exception interrupted the writing, which would publish a
+    truncated object. `spill`: gathered in a local temporary file instead (a shard of gigabytes),
+    uploaded in one write from the file mapped into memory: no read of ours between two parts that
+    could fail half-way, and no copy of each piece.
     """
     if not isinstance(fs, pafs.LocalFileSystem):
         if spill:
+            import mmap
             import tempfile
 
             with tempfile.TemporaryFile() as local:
                 yield local  # an exception here propagates before anything was sent
-                local.seek(0)
-                with fs.open_output_stream(path) as stream:
-                    while piece := local.read(8 << 20):
-                        stream.write(piece)
+                local.flush()
+                size = local.seek(0, os.SEEK_END)
+                # The mapping has its own descriptor, and goes when the upload lets go of it.
+                _put_whole(fs, path, mmap.mmap(local.fileno(), size, access=mmap.ACCESS_READ) if size else b"")
             return
         import pyarrow as pa
 

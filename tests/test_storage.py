@@ -42,6 +42,29 @@ def test_an_output_goes_up_from_its_own_bytes_in_parts_and_arrives_whole(bucket,
     assert fs.open_input_stream(f"{name}/out/large.jpg").read() == data
 
 
+def test_a_spilled_output_goes_up_whole_from_its_file_and_an_interrupted_one_not_at_all(bucket, monkeypatch):
+    """atomic_output(spill=True), the shard job's: written piece by piece into a local file, uploaded
+    in one write from it mapped into memory (three parts here: nothing of ours runs between them);
+    a body that raises publishes nothing."""
+    import os
+
+    options, name = bucket
+    fs = options.filesystem()
+    pieces = [os.urandom(1 << 20) for _ in range(23)]
+    writes, put_whole = [], storage._put_whole
+    monkeypatch.setattr(storage, "_put_whole", lambda fs, path, data: (writes.append(len(data)), put_whole(fs, path, data)))
+    with storage.atomic_output(fs, f"{name}/out/shard.tar", spill=True) as target:
+        for piece in pieces:
+            target.write(piece)
+    assert fs.open_input_stream(f"{name}/out/shard.tar").read() == b"".join(pieces)
+    assert writes == [23 << 20], "the spilled file went up in more than one write"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with storage.atomic_output(fs, f"{name}/out/cut.tar", spill=True) as target:
+            target.write(pieces[0])
+            raise RuntimeError("interrupted mid-shard")
+    assert fs.get_file_info(f"{name}/out/cut.tar").type == pafs.FileType.NotFound
+
+
 def requests_made(server, action) -> dict[str, int]:
     """The S3 requests, by type, the server served while `action` ran. The server counts a request
     after answering it: its counters are read until they hold still (a count one short was seen)."""
