@@ -139,22 +139,13 @@ def _forward(model, planes: torch.Tensor, qualities: Optional[list]) -> torch.Te
     return model(planes.contiguous(memory_format=torch.channels_last), q).float()
 
 
-def _stack(pixels: list[np.ndarray], allocate: Optional[Callable[[tuple], np.ndarray]]) -> np.ndarray:
-    if allocate is None:
-        return np.stack(pixels)
-    stacked = allocate((len(pixels), *pixels[0].shape))
-    for i, image in enumerate(pixels):
-        stacked[i] = image
-    return stacked
-
-
 def restore_batch_on_device(model, pixels: list[np.ndarray], device: torch.device, qualities: list,
                             allocate: Optional[Callable[[tuple], np.ndarray]] = None) -> list[np.ndarray]:
     """Images of one shape (uint8), each restored in one piece, in one forward pass -> uint8 each.
     The batch is stacked into an array from `allocate(shape)` where given (on a GPU actor pinned
     memory it keeps: one copy of the pixels where a new array and its pinned copy took two)."""
     with torch.inference_mode():
-        x = _upload(_stack(pixels, allocate), device)
+        x = _upload(np.stack(pixels, out=allocate((len(pixels), *pixels[0].shape)) if allocate else None), device)
         return list(_download(to_pixels(model, _forward(model, to_planes(model, x), qualities), x)))
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from .memory import PixelBuffers
+from .memory import PixelBuffers, new_host_buffer
 from .packs import WHOLE, from_row, row_coding
 
 
@@ -23,7 +23,7 @@ class RowRestorer:
 
         self.device, self.models = setup_restoring_process(model_files, precision, threads, onnx)
         self.tile, self.tta, self.tile_batch, self.node = tile, tta, tile_batch, node
-        self.buffers = PixelBuffers(**_pinned_on_gpu(self.device))  # photos' memory, reused from one to the next
+        self.buffers = PixelBuffers(new_buffer=_buffer_maker(self.device))  # photos' memory, reused from one to the next
 
     def restore(self, rows: list[dict]) -> None:
         """Restore rows in place. Tile windows and images no larger than a tile go through the network
@@ -74,14 +74,14 @@ class RowRestorer:
         row["node"] = self.node
 
 
-def _pinned_on_gpu(device) -> dict:
+def _buffer_maker(device):
     """A GPU actor keeps its photos in pinned host memory: decoded there, they upload without the
-    copy into pinned memory each would otherwise take (carray.ondevice._upload)."""
+    copy into pinned memory each would otherwise take (carray.ondevice._upload); others in numpy's."""
     if device is None or device.type != "cuda":
-        return {}
+        return new_host_buffer
     from ..ondevice import pinned_host_buffer
 
-    return {"new_buffer": pinned_host_buffer}
+    return pinned_host_buffer
 
 
 def needs_restoring(row: dict) -> bool:
