@@ -530,8 +530,10 @@ def test_console_shows_carrays_lines_and_the_summary_where_the_cpu_went(tmp_path
     driver_log = "".join(p.read_text(errors="replace") for p in logs.glob(f"python-core-driver-*_{job.pid}.log"))
     assert notice in driver_log, "the notice left the console for Ray's own log of this driver"
     summary = json.loads((tmp_path / "o" / "_summary.json").read_text())
-    assert set(summary["actor_cpu_seconds"]) == {"decode", "restore", "encode", "write"}, summary["actor_cpu_seconds"]
+    assert set(summary["actor_cpu_seconds"]) == {"decode", "restore", "encode", "write", "startup"}, summary["actor_cpu_seconds"]
     assert all(summary["actor_cpu_seconds"][step] > 0 for step in ("decode", "encode", "write")), summary["actor_cpu_seconds"]
+    # Each actor's start-up (its imports, the model loaded) is counted apart from its steps: seconds, not milliseconds.
+    assert summary["actor_cpu_seconds"]["startup"] > 0.5, summary["actor_cpu_seconds"]
 
 
 def test_a_gpu_actors_calls_run_at_once_in_threads_and_each_image_is_written_once(tmp_path, model_file):

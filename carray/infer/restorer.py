@@ -17,8 +17,11 @@ from .restoring import RowRestorer, needs_restoring
 from .write import encode_row, write_output
 
 # The actors' CPU time by step (thread time: calls may run at once), summed by the tracker into the
-# summary's actor_cpu_seconds: where a node's CPUs go (docs/benchmarks.md, the ceiling).
+# summary's actor_cpu_seconds: where a node's CPUs go (docs/benchmarks.md, the ceiling). Beside them,
+# STARTUP: each actor's process CPU until it was ready (Ray's worker, the imports, the models loaded),
+# a cost per actor, not per pixel.
 CPU_STEPS = ("decode", "restore", "encode", "write")
+STARTUP = "startup"
 KILLED = "killed while restoring, {} times (out of memory? lower --tile or --max-pixels)"
 # --tile-batch 0 on a GPU: tile windows per forward pass (a few hundred MB of activations for 576x576
 # gray windows at the shipped width). CPUs get 1: one forward at a time measured faster there.
@@ -53,6 +56,7 @@ class Restorer(RowRestorer):
         self.tracker, self.max_attempts = tracker, max_attempts
         self.where, self.max_pixels, self.fmt, self.quality = where, max_pixels, fmt, quality
         self.network = threading.Lock()
+        tracker.add.remote({f"cpu_{STARTUP}": time.process_time()})
 
     def __call__(self, table: pa.Table) -> pa.Table:
         packs = unpack(table)

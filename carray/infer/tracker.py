@@ -78,7 +78,7 @@ class JobTracker:
         return self.first_output
 
     def actor_cpu(self) -> dict:
-        """{step: CPU seconds} the restoring actors spent (carray.infer.restorer.CPU_STEPS)."""
+        """{step: CPU seconds} the restoring actors spent (carray.infer.restorer.CPU_STEPS), and their start-up (STARTUP)."""
         return {key[4:]: round(value, 4) for key, value in self.totals.items() if key.startswith("cpu_")}
 
     def snapshot(self) -> dict:
