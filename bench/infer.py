@@ -434,7 +434,7 @@ def object_store_bytes() -> dict[str, int]:
 
 # Stages that run ahead of the restoring actors: the read tasks read and plan photos as fast as the
 # object store takes their bytes, so on 200 photos all of them were read before the window of
-# steady_window opened (0.00 ms per MP inside it, 0.5-0.7 in the steady state; docs/benchmarks.md,
+# steady_window opened (0.00 ms per MP inside it, 0.3-0.9 in the steady state; docs/benchmarks.md,
 # session 22). Inside the run they are charged at their steady-state cost.
 RUN_AHEAD = ("read + header + decode (tasks)", "listing + planning (tasks)")
 
