@@ -512,10 +512,10 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         assert summary["restored"] == count and first["restored"] == count // 2, (summary, first)
         extra_mp = summary["megapixels"] - first["megapixels"]
         # Steady state: what the second half of the photos added, in CPU of every process and in wall
-        # time. Start-up cancels in the difference, but not exactly: the actors' own start-up (Ray's
-        # worker, importing torch, the model loaded: 3-4 core-s each) moved by a core-second or two
-        # from one run to the next, ±1-2 ms per MP of the 1,200 MP the second half adds. Each actor
-        # reports it (summary actor_cpu_seconds "startup"), and it is taken out of both runs.
+        # time. Start-up cancels in the difference only as far as it is the same in both runs; a
+        # core-second more in one is ±0.8 ms per MP of the 1,200 MP the second half adds. The actors'
+        # own (Ray's worker, importing torch, the model loaded: 2.5-3 core-s each here) is reported by
+        # each actor (summary actor_cpu_seconds "startup") and taken out of both runs.
         actor_startup = {run: run_summary.get("actor_cpu_seconds", {}).pop("startup", 0.0) for run, run_summary in (("all", summary), ("half", first))}
         stages = {k: (cpu.seconds.get(k, 0.0) - cpu_half.seconds.get(k, 0.0)) / extra_mp for k in set(cpu.seconds) | set(cpu_half.seconds)}
         actor_stage = next((k for k in sorted(stages) if k.startswith("restoring actor")), None)
