@@ -30,6 +30,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def pytest_unconfigure(config):
+    """After every fixture (the session's Ray included) has ended: the private HOME and RAY_TMPDIR go too."""
+    for folder in (_SESSION_HOME, _RAY_TMPDIR):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray with 2 CPUs, started once, private temp dir (short path: socket limits)."""

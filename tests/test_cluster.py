@@ -251,11 +251,15 @@ def test_gpu_jobs_scale_gpu_nodes_from_zero_on_the_fake_autoscaler(tmp_path, ima
         (images / f"p{i}.jpg").write_bytes(jpeg.compress(smooth_image(64, 72, seed=i), 20))
     prep = tmp_path / "prep"
     assert cli_main(["prep", "--input", str(image_folder), "--output", str(prep), "--split", "50/50/0"]) == 0
-    run = subprocess.run(
-        ["unshare", "-fpm", "--mount-proc", sys.executable, str(REPO / "tests" / "support" / "fake_gpu_cluster.py"),
-         str(images), str(prep), str(tmp_path / "fake")],
-        capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )
+    temp = tempfile.mkdtemp(prefix="crf-", dir="/tmp")  # short: Ray's socket paths are limited
+    try:
+        run = subprocess.run(
+            ["unshare", "-fpm", "--mount-proc", sys.executable, str(REPO / "tests" / "support" / "fake_gpu_cluster.py"),
+             str(images), str(prep), str(tmp_path / "fake"), temp],
+            capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+    finally:  # the namespace ended with the script: nothing writes there any more
+        shutil.rmtree(temp, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["infer_rc"] == 0, result["infer_log"][-3000:]

@@ -322,7 +322,7 @@ def train(call: Call, sources: list[Path], name: str, init: Path, seconds: float
     # the cosine schedule ends near the limit; --time-limit stops it in any case.
     steps = max(100, int(limit * 9000 / s["batch_size"]))
     if call.toy:  # call 1 ends by its steps, call 2 by its time limit: both ends rehearsed
-        steps, limit = (20, limit) if name == "1" else (100_000, 8)
+        steps, limit = (10, limit) if name == "1" else (100_000, 8)
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "jobs/train.py", "--data", str(prep), "--output", str(output), "--init-from", str(init),
                "--batch-size", str(s["batch_size"]), "--lr", "1e-4", "--lr-schedule", "cosine", "--warmup-steps", str(min(200, steps // 10)),

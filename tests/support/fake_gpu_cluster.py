@@ -1,10 +1,12 @@
 """GPU jobs on Ray's fake autoscaling provider: a 2-CPU head and a `gpu_worker` node type
 {CPU: 1, GPU: 1} that starts at zero nodes and may grow to two.
 
-    unshare -fpm --mount-proc python tests/support/fake_gpu_cluster.py IMAGES PREP WORK
+    unshare -fpm --mount-proc python tests/support/fake_gpu_cluster.py IMAGES PREP WORK TEMP
 
 Run it in its own PID namespace: everything it starts (the head, the autoscaler, the fake nodes it
 launches) ends with it, and `ray stop`, which would end every Ray on the machine, is never needed.
+TEMP: an empty folder with a short path (Ray's socket paths are limited) for the cluster's sessions
+and logs; the caller removes it once this process, and so the namespace, has ended.
 The fake nodes' autoscaler reaches the head's GCS on port 6379, which is why the head uses it.
 Prints one JSON line: what the infer and train jobs did and where their actors ran.
 """
@@ -15,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 # Before Ray is imported (it reads this once): the cluster lives in its own PID namespace for this
@@ -67,17 +68,16 @@ def _restorer_actors() -> list[dict]:
 
 
 def main() -> None:
-    images, prep, work = (Path(p) for p in sys.argv[1:4])
+    images, prep, work, temp = (Path(p) for p in sys.argv[1:5])
     work.mkdir(parents=True, exist_ok=True)
-    temp = tempfile.mkdtemp(prefix="crf-", dir="/tmp")  # short: Ray's socket paths are limited
-    (Path(temp) / "ray").mkdir()
+    (temp / "ray").mkdir()
     config = work / "autoscaler.json"
     config.write_text(json.dumps(CONFIG))
     from ray._private.services import get_node_ip_address
 
     # The head records its address under --temp-dir, not where `auto` looks: name it explicitly.
     address = f"{get_node_ip_address()}:6379"
-    env = dict(os.environ, RAY_TMPDIR=temp, HOME=str(work), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_ADDRESS=address)
+    env = dict(os.environ, RAY_TMPDIR=str(temp), HOME=str(work), RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_ADDRESS=address)
     env["RAY_AUTH_MODE"] = "disabled"  # this cluster lives in its own PID namespace, for this run only
     os.environ.update({k: env[k] for k in ("RAY_TMPDIR", "HOME", "RAY_ADDRESS", "RAY_AUTH_MODE")})
     subprocess.run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -72,4 +73,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the cluster's processes are gone (shut down, or killed with this process's exit): its logs with them
+        shutil.rmtree(_TEMP, ignore_errors=True)
