@@ -78,7 +78,10 @@ stop() {
   [ -f "$STATE/head.pgid" ] || { echo "no head started by this script"; return 0; }
   local pgid; pgid="$(cat "$STATE/head.pgid")"
   kill -TERM -- "-$pgid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.2; done
+  # The raylet and its workers end on TERM within a second; the GCS server, the autoscaler's monitor
+  # and the runtime-env agent outlived it by more than 10 s (Ray 2.60) and hold nothing to save on a
+  # single head: 3 s, then KILL.
+  for _ in $(seq 1 15); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.2; done
   kill -KILL -- "-$pgid" 2>/dev/null || true
   rm -f "$STATE/head.pgid"
   echo "stopped the head (process group $pgid)"
