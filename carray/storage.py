@@ -200,17 +200,91 @@ def _put_whole(fs: pafs.FileSystem, path: str, data) -> None:
         stream.write(data)
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, *, read_again: bool = True) -> None:
     """`data` as the whole of `path`, never seen half-written: locally through :func:`atomic_output`;
     to an object store in one write of the bytes as they are (:func:`_put_whole`). Gathering them
     first, as atomic_output must for a body that writes piece by piece, copied every output once
     more: 2.5-3 ms of CPU per 5 MB output, a 12 MP camera photo's q98 JPEG, 5.5 per 15 MB
-    (bench/infer.py --cases bucket-writes; docs/benchmarks.md, session 21)."""
+    (bench/infer.py --cases bucket-writes; docs/benchmarks.md, session 21).
+
+    `read_again=False`: a file this process will not read back (a job's output): locally its pages
+    leave the page cache once written (:data:`WRITTEN_PAGES`)."""
     if isinstance(fs, pafs.LocalFileSystem):
         with atomic_output(fs, path) as stream:
             stream.write(data)
+            if not read_again:
+                WRITTEN_PAGES.start_writeback(stream)
+        if not read_again:
+            WRITTEN_PAGES.release_later(path)
         return
     _put_whole(fs, path, data)
+
+
+class WrittenPages:
+    """The page cache of local files written once and not read again, given back to the kernel.
+
+    A job writes each output once and never reads it; the kernel keeps its pages cached (dirty, then
+    written back) until memory runs short, so every output takes memory new to the process's node: 5 MB
+    for a 12 MP photo at q98, 1.4 TB an hour at 1000 MP/s. Each file's writeback is started as it is
+    written (Linux's sync_file_range, which does not wait) and its pages are dropped `keep` files
+    later (posix_fadvise DONTNEED, which leaves pages still being written), so the next outputs
+    reuse that memory; PostgreSQL's backend_flush_after and RocksDB's bytes_per_sync bound their
+    dirty data the same way. On this project's dev VM, where memory the kernel frees goes back to the
+    host and costs a host fault on its next use, a kept 5 MB output cost 27 ms of CPU to write, 2 ms
+    this way (docs/benchmarks.md, session 23). Where either call is missing (not Linux), a no-op."""
+
+    SYNC_FILE_RANGE_WRITE = 2
+
+    def __init__(self, keep: int = 4):
+        import collections
+        import threading
+
+        self.keep, self.paths, self.lock = keep, collections.deque(), threading.Lock()
+        self.sync_file_range = _libc_sync_file_range()
+        self.fadvise = getattr(os, "posix_fadvise", None)
+
+    def start_writeback(self, stream) -> None:
+        if self.sync_file_range is None:
+            return
+        stream.flush()
+        self.sync_file_range(stream.fileno(), 0, 0, self.SYNC_FILE_RANGE_WRITE)  # a failure only leaves the pages cached
+
+    def release_later(self, path: str) -> None:
+        if self.fadvise is None:
+            return
+        with self.lock:  # restoring actors may write from several threads
+            self.paths.append(path)
+            due = [self.paths.popleft() for _ in range(len(self.paths) - self.keep)]
+        for old in due:
+            self.release(old)
+
+    def release(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone already (a user's clean-up): nothing cached either
+            return
+        try:
+            self.fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _libc_sync_file_range():
+    """sync_file_range(fd, offset, nbytes, flags) from the C library, or None (not Linux); Python's os has none."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return function
+
+
+#: This process's written-once files (restored and passed-through outputs).
+WRITTEN_PAGES = WrittenPages()
 
 
 def remove_stale_temporaries(fs: pafs.FileSystem, root: str) -> int:

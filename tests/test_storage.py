@@ -1,4 +1,5 @@
-"""Storage on the real S3 server: writes are all-or-nothing, buckets are never created by accident."""
+"""Storage on the real S3 server: writes are all-or-nothing, buckets are never created by accident;
+and on a local disk, outputs written once leave the page cache."""
 import time
 
 import pyarrow.fs as pafs
@@ -133,3 +134,39 @@ def test_session_tokens_travel_with_the_keys(monkeypatch):
     import pickle
 
     assert b"token-from-sso" in pickle.dumps(fs)
+
+
+def resident_bytes(path) -> int:
+    """How much of the file is in the page cache, as util-linux's fincore reports it."""
+    import subprocess
+
+    return int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def test_outputs_written_once_leave_the_page_cache_and_other_files_stay(monkeypatch):
+    """read_again=False (the jobs' outputs): a file's pages leave the page cache `keep` such files
+    later, once written back; a file written as usual stays cached. Each reads back whole."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(dir="/var/tmp"))  # a disk: /tmp may be a tmpfs (CI mounts one), whose pages never leave
+    try:
+        pages = storage.WrittenPages(keep=2)
+        monkeypatch.setattr(storage, "WRITTEN_PAGES", pages)
+        fs, data = pafs.LocalFileSystem(), os.urandom(1 << 20)
+        storage.write_bytes_atomic(fs, f"{folder}/kept.bin", data)
+        storage.write_bytes_atomic(fs, f"{folder}/out0.bin", data, read_again=False)
+        os.sync()  # out0 written back (its writeback started as it was written); no dirty page stays cached
+        assert resident_bytes(folder / "out0.bin") == resident_bytes(folder / "kept.bin") == len(data)
+        for i in (1, 2):
+            storage.write_bytes_atomic(fs, f"{folder}/out{i}.bin", data, read_again=False)
+        assert resident_bytes(folder / "out0.bin") == 0, "dropped two outputs later"
+        assert resident_bytes(folder / "out2.bin") == len(data), "the last `keep` outputs are not dropped yet"
+        assert resident_bytes(folder / "kept.bin") == len(data), "a file that may be read again stays cached"
+        assert sorted(p.name for p in folder.iterdir()) == ["kept.bin", "out0.bin", "out1.bin", "out2.bin"]
+        assert all(storage.read_bytes(fs, str(path)) == data for path in folder.iterdir())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

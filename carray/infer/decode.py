@@ -34,7 +34,7 @@ def read_and_plan(row: dict, *, where: Locations, max_pixels: Optional[int], pol
     row = plan_row(path, output, data, max_pixels, policy)
     if row["passed"]:
         try:
-            storage.write_bytes_atomic(where.dst_fs, where.output_path(row["output"]), row["data"])
+            storage.write_bytes_atomic(where.dst_fs, where.output_path(row["output"]), row["data"], read_again=False)
         except OSError as exc:
             row["error"] = f"cannot write the output: {exc}"
         row["data"] = b""

@@ -61,7 +61,7 @@ def write_output(out: dict, *, where: Locations) -> dict:
     """An encoded row's output file written (its error says why not); hands on the row without its bytes."""
     if not (out["error"] or out["skipped"] or out["passed"]):
         try:
-            storage.write_bytes_atomic(where.dst_fs, where.output_path(out["output"]), out["data"])
+            storage.write_bytes_atomic(where.dst_fs, where.output_path(out["output"]), out["data"], read_again=False)
         except OSError as exc:
             out["error"] = f"cannot write the output: {exc}"
     out["data"] = b""
