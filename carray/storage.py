@@ -230,8 +230,9 @@ class WrittenPages:
     later (posix_fadvise DONTNEED, which leaves pages still being written), so the next outputs
     reuse that memory; PostgreSQL's backend_flush_after and RocksDB's bytes_per_sync bound their
     dirty data the same way. On this project's dev VM, where memory the kernel frees goes back to the
-    host and costs a host fault on its next use, a kept 5 MB output cost 27 ms of CPU to write, 2 ms
-    this way (docs/benchmarks.md, session 23). Where either call is missing (not Linux), a no-op."""
+    host and costs a host fault on its next use, a kept 5 MB output cost 14-27 ms of CPU to write, 2-4
+    this way (bench/writes.py; docs/benchmarks.md, session 23). Where either call is missing (not
+    Linux), a no-op."""
 
     SYNC_FILE_RANGE_WRITE = 2
 
