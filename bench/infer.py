@@ -522,8 +522,9 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         if actor_stage:
             stages[actor_stage] -= (actor_startup["all"] - actor_startup["half"]) / extra_mp
         actor_steps = {k: (v - first.get("actor_cpu_seconds", {}).get(k, 0.0)) / extra_mp for k, v in summary.get("actor_cpu_seconds", {}).items()}
-        used = sum(cpu.seconds.values()) - actor_startup["all"]
-        marginal = (used - sum(cpu_half.seconds.values()) + actor_startup["half"]) / extra_mp  # core-seconds per MP
+        used = sum(cpu.seconds.values())  # every process's CPU in the run of all photos, start-up included
+        steady_all, steady_half = used - actor_startup["all"], sum(cpu_half.seconds.values()) - actor_startup["half"]
+        marginal = (steady_all - steady_half) / extra_mp  # core-seconds per MP
         per_core = 1 / marginal
         within_stages, within_wall = steady_window(tmp / f"ceiling-{fmt}", cpu, by_name) if fmt == "jpeg" else ({}, 0.0)
         if within_stages:  # the tasks that run ahead did their work for the window's photos before it opened
@@ -535,7 +536,7 @@ def case_ceiling(tmp: Path, cpus: int, count: int, formats: list[str], shard_siz
         turbo = (loop["turbo_mp_per_s"] + again["turbo_mp_per_s"]) / 2 if loop["turbo_mp_per_s"] else None
         write = (loop["core_ms_per_mp"]["write"] + again["core_ms_per_mp"]["write"]) / 2e3  # core-seconds per MP
         network = actor_steps.get("restore", 0.0)  # the identity network's device work: a GPU's on a GPU node
-        startup_cpu = used + actor_startup["all"] - marginal * summary["megapixels"]
+        startup_cpu = used - marginal * summary["megapixels"]
         print(f"ceiling, --format {fmt}: {described}, {megapixels:.0f} MP, identity network, {cpus} CPUs")
         print(f"  bare loops, one thread, before and after the jobs: Pillow alone {loop['pillow_mp_per_s']:.1f} / {again['pillow_mp_per_s']:.1f} MP/s; "
               + (f"libjpeg-turbo alone (simplejpeg) {loop['turbo_mp_per_s']:.1f} / {again['turbo_mp_per_s']:.1f} MP/s; " if turbo else "")
